@@ -1,0 +1,59 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from productos.api.errors import install_error_handlers
+from productos.api.middleware import BodySizeLimitMiddleware
+from productos.api.routes import health, productos
+from productos.bootstrap import open_container
+from productos.observability.logging import configure_logging
+from productos.observability.middleware import RequestContextMiddleware
+from productos.settings import Settings, load_settings
+
+logger = logging.getLogger("productos.app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the products service.
+
+    Args:
+        settings: the service's settings. When omitted they are loaded (``load_settings()``) when the app
+            starts, in each worker: importing the app reads no configuration and opens no connection.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        resolved = settings or await load_settings()
+        configure_logging(resolved.log_level)
+        async with open_container(resolved) as container:
+            logger.info("started", extra={"service": resolved.service_name})
+            yield {"container": container, BodySizeLimitMiddleware.STATE_KEY: resolved.max_body_size}
+        logger.info("stopped", extra={"service": resolved.service_name})
+
+    app = FastAPI(
+        title="productos-api",
+        version="0.1.0",
+        description="Products API of productos: CRUD over async repositories, health probes.",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(productos.router)
+
+    @app.get("/", tags=["meta"])
+    async def root() -> JSONResponse:
+        """Welcome message."""
+        return JSONResponse({"message": "Bienvenido a productos-api", "docs": "/docs", "health": "/health"})
+
+    app.add_middleware(BodySizeLimitMiddleware)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,23 @@
+"""FastAPI dependencies, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from productos.bootstrap import Container
+from productos.services.productos import ProductService
+
+
+def get_container(request: Request) -> Container:
+    container: Container = request.state.container
+    return container
+
+
+def get_product_service(request: Request) -> ProductService:
+    return get_container(request).productos
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+ProductServiceDep = Annotated[ProductService, Depends(get_product_service)]

@@ -1,0 +1,34 @@
+"""Domain errors. The HTTP edge maps them to status codes in one place (``productos.api.errors``)."""
+
+from __future__ import annotations
+
+
+class ProductosError(Exception):
+    """Base class of every error productos raises on purpose."""
+
+
+class NotFoundError(ProductosError):
+    """The entity does not exist."""
+
+
+class ConflictError(ProductosError):
+    """The change conflicts with the stored state (a stale version, a unique key)."""
+
+
+class StaleVersionError(ConflictError):
+    """The caller's expected version (HTTP ``If-Match``) is not the stored one: nothing was written."""
+
+
+class DomainValidationError(ProductosError, ValueError):
+    """An entity would break one of its invariants."""
+
+
+class DatabaseUnavailableError(ProductosError):
+    """The database cannot be reached, timed out, or the pool is exhausted.
+
+    The message is safe to show to clients: it never names hosts, URLs or credentials.
+    """
+
+
+class ConfigurationError(ProductosError, ValueError):
+    """The configuration is incomplete or invalid; the message says what to fix."""

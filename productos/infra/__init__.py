@@ -1,0 +1,1 @@
+"""Adapters for the ports of ``productos.domain``: databases, AWS, in-memory fakes."""

@@ -1,0 +1,22 @@
+"""SQLAlchemy asyncio adapters: engine, schema, repository, unit of work, migrations."""
+
+from productos.infra.db.engine import create_engine
+from productos.infra.db.migrate import upgrade_to_head
+from productos.infra.db.repository import (
+    SqlAlchemyHealthProbe,
+    SqlAlchemyProductRepository,
+    SqlAlchemyUnitOfWork,
+    SqlAlchemyUnitOfWorkFactory,
+)
+from productos.infra.db.url import DatabaseTarget, parse_database_url
+
+__all__ = [
+    "DatabaseTarget",
+    "SqlAlchemyHealthProbe",
+    "SqlAlchemyProductRepository",
+    "SqlAlchemyUnitOfWork",
+    "SqlAlchemyUnitOfWorkFactory",
+    "create_engine",
+    "parse_database_url",
+    "upgrade_to_head",
+]
