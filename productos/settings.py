@@ -9,10 +9,16 @@ Names are the environment variables of the architecture guide (``DATABASE_URL``,
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from productos.domain.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./productos.db"
 
@@ -74,10 +80,84 @@ class Settings(BaseSettings):
         return self.is_sqlite if self.migrate_on_start is None else self.migrate_on_start
 
 
+def env_names() -> dict[str, str]:
+    """Map each setting's environment name (``DATABASE_URL``) to its field name (``database_url``)."""
+    names: dict[str, str] = {}
+    for field_name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [field_name.upper()]
+        names[str(choices[0]).upper()] = field_name
+    return names
+
+
+#: One layer of configuration: field name -> (raw value, where it came from).
+Layer = dict[str, tuple[Any, str]]
+
+
+def layer_from_mapping(values: Mapping[str, Any], label: str | Callable[[str], str]) -> Layer:
+    """Keep the entries of ``values`` that name a setting (by environment name, any case)."""
+    names = env_names()
+    layer: Layer = {}
+    for key, value in values.items():
+        field_name = names.get(key.upper())
+        if field_name is not None and value is not None:
+            layer[field_name] = (value, label(key) if callable(label) else label)
+    return layer
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """The settings and, for every field, the source its value came from (for ``productos check``)."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+
+
+def build_settings(layers: Sequence[Layer]) -> ResolvedSettings:
+    """Merge ``layers`` (lowest precedence first) over the defaults and validate once.
+
+    Raises:
+        ConfigurationError: a value is invalid; the message names the setting and its source, never the value.
+    """
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = dict.fromkeys(Settings.model_fields, "default")
+    for layer in layers:
+        for field_name, (value, label) in layer.items():
+            merged[field_name] = value
+            sources[field_name] = label
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        names = {v: k for k, v in env_names().items()}
+        problems = []
+        for error in exc.errors():
+            field_name = str(error["loc"][0]) if error["loc"] else "?"
+            where = sources.get(field_name, "default")
+            problems.append(f"{names.get(field_name, field_name)} (from {where}): {error['msg']}")
+        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+    return ResolvedSettings(settings, sources)
+
+
+async def resolve_settings(*, env_file: str | Path | None = ".env", **overrides: Any) -> ResolvedSettings:
+    """Resolve every setting with its source.
+
+    Precedence, highest first: ``overrides`` (explicit arguments) > environment > ``.env`` > defaults.
+    """
+    layers: list[Layer] = []
+    if env_file is not None and Path(env_file).is_file():
+        layers.append(layer_from_mapping(dotenv_values(env_file), ".env"))
+    layers.append(layer_from_mapping(os.environ, "env"))
+    layers.append({name: (value, "explicit") for name, value in overrides.items()})
+    return build_settings(layers)
+
+
 async def load_settings(**overrides: Any) -> Settings:
     """Build the settings from every source, in precedence order.
 
     Args:
         **overrides: explicit values by field name; they win over every source.
+
+    Raises:
+        ConfigurationError: a setting is invalid; the message says which and where it came from.
     """
-    return Settings(**overrides)
+    return (await resolve_settings(**overrides)).settings
