@@ -36,3 +36,7 @@ capture_output = False
 
 # Nothing at boot may need the database: each worker opens its engine lazily in the lifespan.
 preload_app = False
+
+# gunicorn >= 27 opens a management socket at a fixed per-user path; productos does not use it, and two
+# services on one host (or a test run beside a live service) would fight over it.
+control_socket_disable = True
