@@ -41,7 +41,7 @@ async def open_container(settings: Settings) -> AsyncIterator[Container]:
     try:
         if settings.should_migrate_on_start:
             await upgrade_to_head(engine)
-        uow_factory = SqlAlchemyUnitOfWorkFactory(engine)
+        uow_factory = SqlAlchemyUnitOfWorkFactory(engine, acquire_timeout=settings.db_pool_timeout)
         yield Container(
             settings=settings,
             engine=engine,

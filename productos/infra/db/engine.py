@@ -29,7 +29,7 @@ def _postgres_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:
         **target.connect_args,
         "timeout": settings.db_connect_timeout,
         # Client-side bound on every command: a hung server (not just a slow query) cannot hold a request.
-        "command_timeout": settings.db_statement_timeout + 1.0,
+        "command_timeout": settings.db_statement_timeout,
         "statement_cache_size": _ASYNCPG_STATEMENT_CACHE,
     }
     server_settings = dict(connect_args.get("server_settings", {}))

@@ -131,13 +131,16 @@ class SqlAlchemyUnitOfWork:
 
     productos: SqlAlchemyProductRepository
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False) -> None:
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, acquire_timeout: float | None = None) -> None:
         self._engine = engine
         self._read_only = read_only
+        self._acquire_timeout = acquire_timeout
         self._conn: AsyncConnection | None = None
 
     async def __aenter__(self) -> Self:
-        async with translate_db_errors():
+        # One deadline over the pool wait, the pre-ping and a new connection's login: when the database hangs,
+        # a request fails with 503 after ``acquire_timeout`` instead of after each of those timeouts in turn.
+        async with translate_db_errors(), asyncio.timeout(self._acquire_timeout):
             conn = await self._engine.connect()
         if self._read_only:
             # No BEGIN/COMMIT round trips for a single SELECT.
@@ -176,11 +179,12 @@ class SqlAlchemyUnitOfWork:
 class SqlAlchemyUnitOfWorkFactory:
     """``UnitOfWorkFactory`` over one engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, acquire_timeout: float | None = None) -> None:
         self.engine = engine
+        self.acquire_timeout = acquire_timeout
 
     def __call__(self, *, read_only: bool = False) -> SqlAlchemyUnitOfWork:
-        return SqlAlchemyUnitOfWork(self.engine, read_only=read_only)
+        return SqlAlchemyUnitOfWork(self.engine, read_only=read_only, acquire_timeout=self.acquire_timeout)
 
 
 class SqlAlchemyHealthProbe:
