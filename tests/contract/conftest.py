@@ -1,0 +1,34 @@
+"""One fixture, three backends: every contract test runs against the fake, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from productos.domain.ports import UnitOfWorkFactory
+from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
+from productos.infra.memory import InMemoryUnitOfWorkFactory
+
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def uow_factory(backend: str, request: pytest.FixtureRequest) -> UnitOfWorkFactory:
+    if backend == "memory":
+        return InMemoryUnitOfWorkFactory()
+    if backend == "sqlite":
+        engine: AsyncEngine = request.getfixturevalue("sqlite_engine")
+    else:
+        request.getfixturevalue("clean_postgres")
+        engine = request.getfixturevalue("postgres_engine")
+    return SqlAlchemyUnitOfWorkFactory(engine)
