@@ -19,9 +19,18 @@ ID_MAX = 2**63 - 1
 _CENT = Decimal("0.01")
 
 
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise DomainValidationError(f"{name} must be a string")
+    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the driver (a 500).
+    if "\x00" in value:
+        raise DomainValidationError(f"{name} must not contain NUL characters")
+    return value
+
+
 def validate_nombre(nombre: str) -> str:
     """Return ``nombre`` stripped, or raise if it is empty or too long."""
-    stripped = nombre.strip()
+    stripped = _check_text("nombre", nombre).strip()
     if not stripped:
         raise DomainValidationError("nombre must not be empty")
     if len(stripped) > NOMBRE_MAX_LENGTH:
@@ -30,7 +39,9 @@ def validate_nombre(nombre: str) -> str:
 
 
 def validate_descripcion(descripcion: str | None) -> str | None:
-    if descripcion is not None and len(descripcion) > DESCRIPCION_MAX_LENGTH:
+    if descripcion is None:
+        return None
+    if len(_check_text("descripcion", descripcion)) > DESCRIPCION_MAX_LENGTH:
         raise DomainValidationError(f"descripcion must be at most {DESCRIPCION_MAX_LENGTH} characters")
     return descripcion
 
@@ -43,6 +54,8 @@ def validate_precio(precio: Decimal | int | str) -> Decimal:
     """
     if isinstance(precio, float):
         raise DomainValidationError("precio must be a Decimal, not a float")
+    if isinstance(precio, bool):
+        raise DomainValidationError("precio must be a number, not a boolean")
     try:
         value = Decimal(precio)
     except (InvalidOperation, TypeError, ValueError) as exc:
