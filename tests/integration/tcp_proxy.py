@@ -38,8 +38,16 @@ class ControllableProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.set_mode("down")
+        asyncio.run_coroutine_threadsafe(self._cancel_all(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
+
+    async def _cancel_all(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def set_mode(self, mode: Mode) -> None:
         future: Future[None] = asyncio.run_coroutine_threadsafe(self._apply(mode), self._loop)
