@@ -55,7 +55,8 @@ def _expected_version(if_match: str | None) -> int | None:
     if if_match is None or if_match.strip() == "*":
         return None
     tag = if_match.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit() or len(tag) > 18:
+    # isdigit() alone accepts "²" (a latin-1 header byte) that int() refuses: a 500.
+    if not (tag.isascii() and tag.isdigit()) or len(tag) > 18:
         raise RequestValidationError(
             [{"loc": ("header", "if-match"), "msg": 'If-Match must be an ETag such as "3"', "type": "value_error"}]
         )
