@@ -46,11 +46,12 @@ def parse_database_url(raw: str) -> DatabaseTarget:
     """
     try:
         url = make_url(raw.strip())
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError):
+        # `from None`: the driver's message would repeat the URL, password included.
         raise ConfigurationError(
             "DATABASE_URL is not a valid URL; expected postgresql://user:password@host:5432/dbname "
-            "or sqlite:///path/to/file.db"
-        ) from exc
+            "or sqlite:///path/to/file.db (URL-escape reserved characters such as @:/?#% in the password)"
+        ) from None
     scheme = url.drivername
     if scheme in _SQLITE_SCHEMES:
         return DatabaseTarget(url.set(drivername="sqlite+aiosqlite"))
