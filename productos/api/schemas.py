@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from productos.domain.models import (
     DESCRIPCION_MAX_LENGTH,
@@ -27,7 +27,16 @@ Precio = Annotated[
     Decimal,
     Field(gt=0, le=PRECIO_MAX, max_digits=10, decimal_places=2, allow_inf_nan=False, examples=[19.99]),
 ]
-Stock = Annotated[int, Field(ge=0, le=STOCK_MAX)]
+
+
+def _not_bool(value: Any) -> Any:
+    # Lax int validation turns JSON true into 1; the domain refuses booleans, so the edge does too.
+    if isinstance(value, bool):
+        raise ValueError("stock must be an integer, not a boolean")
+    return value
+
+
+Stock = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=STOCK_MAX)]
 
 
 class ProductoIn(BaseModel):
