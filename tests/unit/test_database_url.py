@@ -109,12 +109,9 @@ def test_bad_urls_raise_configuration_error_without_the_password(raw: str) -> No
     assert cause is None or PASSWORD not in str(cause)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="url.py: make_url raises a plain ValueError for a non-numeric port; it is not turned into a "
-    "ConfigurationError",
-)
-def test_non_numeric_port_raises_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="DATABASE_URL"):
-        parse_database_url(f"postgresql://app:{PASSWORD}@h:notaport/db")
+@pytest.mark.parametrize("raw", [f"postgresql://app:{PASSWORD}@h:notaport/db", f"postgresql://app:{PASSWORD}@h:-1x/db"])
+def test_non_numeric_port_raises_configuration_error_without_the_password(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="DATABASE_URL") as raised:
+        parse_database_url(raw)
+    assert PASSWORD not in str(raised.value)
+    assert raised.value.__cause__ is None

@@ -80,17 +80,19 @@ async def test_dotenv_in_the_working_directory_is_the_default(tmp_path: Path) ->
     assert resolved.sources["workers"] == ".env"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settings.py: build_settings validates with Settings.model_validate, which still reads os.environ and "
-    "./.env itself (pydantic-settings sources), so env_file=None does not stop ./.env and its values are "
-    "labelled 'default'",
-)
 async def test_env_file_none_reads_no_dotenv(tmp_path: Path) -> None:
-    write_env(tmp_path / ".env", WORKERS=3)
+    write_env(tmp_path / ".env", LOG_LEVEL="debug", APP_PORT=9000)
     resolved = await resolve_settings(env_file=None)
-    assert resolved.settings.workers != 3
-    assert resolved.sources["workers"] == "default"
+    assert (resolved.settings.log_level, resolved.settings.app_port) == ("info", 8000)
+    assert resolved.sources["log_level"] == resolved.sources["app_port"] == "default"
+
+
+async def test_another_env_file_replaces_the_working_directory_one(tmp_path: Path) -> None:
+    write_env(tmp_path / ".env", LOG_LEVEL="debug")
+    other = write_env(tmp_path / "other.env", APP_PORT=9000)
+    resolved = await resolve_settings(env_file=other)
+    assert resolved.settings.log_level == "info" and resolved.sources["log_level"] == "default"
+    assert resolved.settings.app_port == 9000
 
 
 async def test_unrelated_variables_are_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
