@@ -12,6 +12,8 @@ from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from productos.infra.db.engine import transactional
+
 PRODUCTOS_MIGRATIONS = "productos.infra.db:migrations"
 
 
@@ -36,6 +38,8 @@ async def upgrade_to_head(
     (``"package:folder"``) and ``version_table``.
     """
     config = alembic_config(script_location, version_table)
+    # DDL and the advisory lock need a real transaction, not the pool's autocommit.
+    engine = transactional(engine)
 
     def run(connection: Connection) -> None:
         config.attributes["connection"] = connection

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from productos.domain.errors import ConflictError, DatabaseUnavailableError, StaleVersionError
 from productos.domain.models import NewProducto, Producto, ProductoPatch
+from productos.infra.db.engine import TRANSACTIONAL_ISOLATION
 from productos.infra.db.tables import productos_table as t
 
 _UNAVAILABLE = "database unavailable"
@@ -127,7 +128,8 @@ class SqlAlchemyProductRepository:
 
 
 class SqlAlchemyUnitOfWork:
-    """One connection and transaction from the engine's pool; read-only work runs in autocommit."""
+    """One connection and transaction from the engine's pool; read-only work runs in autocommit (one round trip
+    per statement)."""
 
     productos: SqlAlchemyProductRepository
 
@@ -142,9 +144,10 @@ class SqlAlchemyUnitOfWork:
         # a request fails with 503 after ``acquire_timeout`` instead of after each of those timeouts in turn.
         async with translate_db_errors(), asyncio.timeout(self._acquire_timeout):
             conn = await self._engine.connect()
-        if self._read_only:
-            # No BEGIN/COMMIT round trips for a single SELECT.
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        if not self._read_only:
+            # Pooled connections are in autocommit (see engine.POOL_ISOLATION); writes get a real transaction.
+            # Setting the level costs no round trip; the pool restores autocommit when the connection returns.
+            conn = await conn.execution_options(isolation_level=TRANSACTIONAL_ISOLATION[conn.dialect.name])
         self._conn = conn
         self.productos = SqlAlchemyProductRepository(conn)
         return self
