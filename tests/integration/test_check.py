@@ -110,8 +110,8 @@ def test_unknown_role_is_a_login_failure_with_a_hint(tmp_path: Path) -> None:
 
 def test_unescaped_password_is_a_clear_configuration_error(tmp_path: Path) -> None:
     result = _check(tmp_path, f"postgresql://postgres:{SECRET}@127.0.0.1:5432/test")
-    assert result.returncode == 1
-    assert "FAIL  url" in result.stdout and "URL-escape" in result.stdout
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stdout and "URL-escape" in result.stdout
     assert "Traceback" not in result.stderr
     assert "pa55" not in result.stdout + result.stderr
 
