@@ -19,5 +19,5 @@ def test_use_as_library(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "service layer: 1 product(s); Lámpara has stock 4, v2" in result.stdout
-    assert "http: POST 201, GET /productos 200, next: {'next': {'url': '/productos?after=2&limit=1'" in result.stdout
+    assert "http: POST 201, GET /productos 200, next: {'next': {'url': '/productos?after=1&limit=1'" in result.stdout
     assert "http: /health 200 healthy" in result.stdout
