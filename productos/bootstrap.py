@@ -6,19 +6,27 @@ nothing here runs at import time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.domain.ports import HealthProbe, UnitOfWorkFactory
+from productos.domain.settings_ports import DatabaseCredentialsProvider, SettingsSource
+from productos.infra.aws.clients import AwsClients
+from productos.infra.aws.rds_iam import RdsIamTokenProvider
+from productos.infra.aws.secretsmanager import SecretDatabaseCredentials, SecretsManagerSource, supplies_login
 from productos.infra.db.engine import create_engine
 from productos.infra.db.migrate import upgrade_to_head
 from productos.infra.db.repository import SqlAlchemyHealthProbe, SqlAlchemyUnitOfWorkFactory
+from productos.infra.db.url import parse_database_url
 from productos.services.productos import ProductService
-from productos.settings import Settings
+from productos.settings import Settings, open_settings
 
 logger = logging.getLogger("productos.bootstrap")
 
@@ -32,13 +40,47 @@ class Container:
     uow_factory: UnitOfWorkFactory
     health: HealthProbe
     productos: ProductService
+    #: One aioboto3 session and one client per service, shared by every AWS adapter of the process.
+    aws: AwsClients | None = None
+    #: Where each setting came from (``env``, ``ssm:/...``), when the container resolved them.
+    sources: Mapping[str, str] = field(default_factory=dict)
 
 
 @asynccontextmanager
-async def open_container(settings: Settings) -> AsyncIterator[Container]:
-    """Create the engine and the services; dispose the engine's pool on exit."""
-    engine = create_engine(settings)
-    try:
+async def open_container(
+    settings: Settings | None = None,
+    *,
+    sources: Sequence[SettingsSource] = (),
+    env_file: str | Path | None = ".env",
+) -> AsyncIterator[Container]:
+    """Create the AWS clients, the engine and the services; close them all on exit.
+
+    Args:
+        settings: the service's settings. When omitted they are resolved here (``open_settings``), and the
+            AWS clients that read them stay open for the container's life: one session, one client per
+            service, for loading, secret rotation and every other AWS adapter.
+        sources: your own settings sources (when ``settings`` is omitted).
+        env_file: the ``.env`` file (when ``settings`` is omitted).
+
+    Raises:
+        ConfigurationError: the settings or a source are invalid.
+    """
+    async with AsyncExitStack() as stack:
+        secret = None
+        resolved_sources: Mapping[str, str] = {}
+        if settings is None:
+            resolved = await stack.enter_async_context(open_settings(env_file=env_file, sources=sources))
+            settings, resolved_sources, aws, secret = (
+                resolved.settings,
+                resolved.sources,
+                resolved.aws,
+                resolved.secret,
+            )
+        else:
+            aws = None
+        if aws is None:
+            aws = await stack.enter_async_context(AwsClients.from_settings(settings))
+        engine = await stack.enter_async_context(open_engine(settings, aws=aws, secret=secret))
         if settings.should_migrate_on_start:
             await upgrade_to_head(engine)
         uow_factory = SqlAlchemyUnitOfWorkFactory(engine, acquire_timeout=settings.db_pool_timeout)
@@ -48,6 +90,73 @@ async def open_container(settings: Settings) -> AsyncIterator[Container]:
             uow_factory=uow_factory,
             health=SqlAlchemyHealthProbe(engine),
             productos=ProductService(uow_factory),
+            aws=aws,
+            sources=resolved_sources,
         )
-    finally:
-        await engine.dispose()
+
+
+@asynccontextmanager
+async def open_engine(
+    settings: Settings, *, aws: AwsClients | None = None, secret: SecretsManagerSource | None = None
+) -> AsyncIterator[AsyncEngine]:
+    """The engine, logging new connections in as the settings say; disposed on exit.
+
+    ``DB_IAM_AUTH=true``: a fresh RDS IAM token per new connection. ``PRODUCTOS_SECRET_ID`` whose secret
+    holds ``DATABASE_URL``'s login: the secret's current credentials, refreshed every ``PRODUCTOS_SECRET_TTL``
+    in the background and re-read when the database refuses a login. Otherwise ``DATABASE_URL`` as it is.
+
+    Args:
+        settings: the service's settings.
+        aws: shared AWS clients; opened here (and closed on exit) when needed and not given.
+        secret: the secret already read while loading the settings, so start-up reads it once.
+    """
+    async with AsyncExitStack() as stack:
+        if aws is None and (settings.db_iam_auth or settings.secret_id) and not settings.is_sqlite:
+            aws = await stack.enter_async_context(AwsClients.from_settings(settings))
+        credentials = await _credentials(settings, aws, secret)
+        if isinstance(credentials, SecretDatabaseCredentials):
+            refresher = asyncio.create_task(credentials.source.keep_fresh(), name="productos-secret-refresh")
+            stack.push_async_callback(_cancel, refresher)
+        engine = create_engine(settings, credentials=credentials)
+        stack.push_async_callback(engine.dispose)
+        yield engine
+
+
+async def _credentials(
+    settings: Settings, aws: AwsClients | None, secret: SecretsManagerSource | None
+) -> DatabaseCredentialsProvider | None:
+    if settings.is_sqlite or aws is None:
+        return None
+    target = parse_database_url(settings.database_url.get_secret_value())
+    url = target.url
+    if settings.db_iam_auth:
+        if "ssl" not in target.connect_args:
+            logger.warning(
+                "DB_IAM_AUTH=true without sslmode in DATABASE_URL: RDS accepts IAM logins over TLS only"
+            )
+        return RdsIamTokenProvider(
+            await aws.client("rds"),
+            host=url.host or "",
+            port=url.port or 5432,
+            user=url.username or "",
+            region=aws.region,
+        )
+    if not settings.secret_id:
+        return None
+    if secret is None:
+        secret = SecretsManagerSource(
+            await aws.client("secretsmanager"), settings.secret_id, ttl=settings.secret_ttl
+        )
+    if not supplies_login(await secret.current(), user=url.username, password=url.password):
+        logger.info(
+            "DATABASE_URL's login is not the secret's: new connections use DATABASE_URL as it is",
+            extra={"secret_id": settings.secret_id},
+        )
+        return None
+    return SecretDatabaseCredentials(secret)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

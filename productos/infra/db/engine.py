@@ -156,8 +156,3 @@ def _sqlite_engine(target: DatabaseTarget) -> AsyncEngine:
         cursor.close()
 
     return engine
-
-
-def transactional(engine: AsyncEngine) -> AsyncEngine:
-    """The same engine and pool, with connections in the database's normal transactional mode."""
-    return engine.execution_options(isolation_level=TRANSACTIONAL_ISOLATION[engine.dialect.name])

@@ -1,0 +1,307 @@
+"""Settings and rotating database credentials from one Secrets Manager secret.
+
+The secret's ``SecretString`` is a JSON object. Its keys that name settings (``DATABASE_URL``,
+``LOG_LEVEL``...) are settings. An RDS secret (``username``, ``password``, ``host``, ``port``, ``dbname``,
+``engine``) yields ``DATABASE_URL`` with user and password URL-escaped; one with only ``username`` and
+``password`` (an RDS-managed master user secret) completes the ``DATABASE_URL`` of a lower source (SSM,
+``.env``) with its credentials.
+
+The secret is cached for ``ttl`` seconds and refreshed in the background (``keep_fresh``), so new database
+connections pick up a rotated password without a restart; ``SecretDatabaseCredentials`` also re-reads it once
+when the database refuses a login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from productos.domain.errors import ConfigurationError
+from productos.domain.settings_ports import DatabaseCredentials, SettingValue
+from productos.infra.aws.clients import describe_aws_failure
+
+logger = logging.getLogger("productos.settings")
+
+CURRENT = "AWSCURRENT"
+PENDING = "AWSPENDING"
+_RDS_KEYS = frozenset(
+    {
+        "username",
+        "password",
+        "host",
+        "port",
+        "dbname",
+        "engine",
+        "dbInstanceIdentifier",
+        "dbClusterIdentifier",
+        "masterarn",
+        "proxyname",
+    }
+)
+_POSTGRES_ENGINES = frozenset({"postgres", "postgresql", "aurora-postgresql"})
+#: After a failed background read, wait this long (at most) before trying AWS again; the cached value is kept.
+_RETRY_AFTER_FAILURE = 30.0
+
+
+class SecretsManagerSource:
+    """One secret, read with ``GetSecretValue`` and cached for ``ttl`` seconds.
+
+    Args:
+        client: an aioboto3 ``secretsmanager`` client, opened once and shared.
+        secret_id: the secret's name or ARN (``PRODUCTOS_SECRET_ID``).
+        ttl: seconds a read stays fresh; new connections past it read again (``PRODUCTOS_SECRET_TTL``).
+    """
+
+    def __init__(
+        self, client: Any, secret_id: str, *, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not secret_id.strip():
+            raise ConfigurationError("PRODUCTOS_SECRET_ID is empty: set it to the secret's name or ARN")
+        if ttl <= 0:
+            raise ConfigurationError("PRODUCTOS_SECRET_TTL must be positive (seconds)")
+        self._client = client
+        self.secret_id = secret_id.strip()
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[str, tuple[dict[str, Any], float]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._retry_at = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"secretsmanager:{self.secret_id}"
+
+    async def load(self) -> Mapping[str, SettingValue]:
+        """Read the secret (one ``GetSecretValue``) and return its settings, labelled ``secretsmanager:<id>``.
+
+        Raises:
+            ConfigurationError: the secret is missing, refused, unreachable, not a JSON object, or an RDS
+                secret of another engine. The message names the secret, never its value.
+        """
+        return self.settings_from(await self.read(max_age=0))
+
+    async def read(self, *, stage: str = CURRENT, max_age: float | None = None) -> dict[str, Any]:
+        """The secret's JSON object, cached if read less than ``max_age`` seconds ago (default: the TTL)."""
+        max_age = self.ttl if max_age is None else max_age
+        return await self._read(stage, lambda fetched_at: self.clock() - fetched_at < max_age)
+
+    async def read_since(self, since: float, *, stage: str = CURRENT) -> dict[str, Any]:
+        """The secret as read at ``since`` (a ``clock()`` time) or later.
+
+        Concurrent callers share one ``GetSecretValue``: after a rotation, the connections the database
+        refuses at once cause one read, not one each.
+        """
+        return await self._read(stage, lambda fetched_at: fetched_at >= since)
+
+    async def _read(self, stage: str, fresh: Callable[[float], bool]) -> dict[str, Any]:
+        cached = self._cache.get(stage)
+        if cached is not None and fresh(cached[1]):
+            return cached[0]
+        async with self._locks.setdefault(stage, asyncio.Lock()):
+            cached = self._cache.get(stage)
+            if cached is not None and fresh(cached[1]):  # another task read it while this one waited
+                return cached[0]
+            started = self.clock()
+            value = self._parse(await self._fetch(stage))
+            self._cache[stage] = (value, started)
+            return value
+
+    async def current(self) -> dict[str, Any]:
+        """The current version, cached for the TTL; when AWS fails, the last good read (with a warning)."""
+        cached = self._cache.get(CURRENT)
+        if cached is not None and self.clock() < self._retry_at:
+            return cached[0]
+        try:
+            return await self.read()
+        except ConfigurationError as exc:
+            if cached is None:
+                raise
+            self._retry_at = self.clock() + min(self.ttl, _RETRY_AFTER_FAILURE)
+            logger.warning("secret refresh failed; keeping the cached version", extra={"error": str(exc)})
+            return cached[0]
+
+    async def pending(self, since: float) -> dict[str, Any] | None:
+        """The ``AWSPENDING`` version (read at ``since`` or later) during a rotation, else ``None``."""
+        try:
+            return await self.read_since(since, stage=PENDING)
+        except ConfigurationError:
+            return None
+
+    async def keep_fresh(self) -> None:
+        """Re-read the secret every TTL until cancelled; failures are logged and the cached version kept."""
+        while True:
+            await asyncio.sleep(self.ttl)
+            try:
+                await self.read(max_age=0)
+            except ConfigurationError as exc:
+                logger.warning("secret refresh failed; keeping the cached version", extra={"error": str(exc)})
+
+    async def _fetch(self, stage: str) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = await self._client.get_secret_value(SecretId=self.secret_id, VersionStage=stage)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "ResourceNotFoundException":
+                what = "secret" if stage == CURRENT else f"{stage} version of the secret"
+                raise ConfigurationError(
+                    f"the {what} {self.secret_id} (PRODUCTOS_SECRET_ID) does not exist in this account and "
+                    "region: create it, or set PRODUCTOS_SECRET_ID to its name or ARN and AWS_REGION to its "
+                    "region"
+                ) from exc
+            if code == "InvalidRequestException":
+                raise ConfigurationError(
+                    f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) cannot be read now "
+                    "(InvalidRequestException"
+                    "; is it scheduled for deletion?): restore it or point PRODUCTOS_SECRET_ID at another "
+                    "secret"
+                ) from exc
+            raise self._failure(exc) from exc
+        except BotoCoreError as exc:
+            raise self._failure(exc) from exc
+        secret = response.get("SecretString")
+        if secret is None:
+            raise ConfigurationError(
+                f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) holds SecretBinary; store a JSON object "
+                "as "
+                "SecretString instead"
+            )
+        return str(secret)
+
+    def _failure(self, exc: BaseException) -> ConfigurationError:
+        return describe_aws_failure(
+            exc,
+            what=f"the secret {self.secret_id}",
+            setting="PRODUCTOS_SECRET_ID",
+            permission="secretsmanager:GetSecretValue",
+        )
+
+    def _parse(self, raw: str) -> dict[str, Any]:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            # ``from None``: the decoder's exception holds the document, i.e. the secret.
+            raise ConfigurationError(
+                f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) is not valid JSON (error at line "
+                f"{exc.lineno} "
+                f"column {exc.colno}): store a JSON object, such as "
+                '{"DATABASE_URL": "postgresql://..."} or an RDS secret '
+                '{"username", "password", "host", "port", '
+                '"dbname"}'
+            ) from None
+        if not isinstance(value, dict):
+            raise ConfigurationError(
+                f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) is JSON but not an object "
+                f"({type(value).__name__}); store an object whose keys are settings, such as "
+                '{"DATABASE_URL": "postgresql://..."}'
+            )
+        return value
+
+    def settings_from(self, secret: Mapping[str, Any]) -> dict[str, SettingValue]:
+        """The settings a secret holds, by environment name."""
+        label = self.label
+        values = {
+            key.upper(): SettingValue(value, label) for key, value in secret.items() if key not in _RDS_KEYS
+        }
+        if "password" in secret and "DATABASE_URL" not in values:
+            values["DATABASE_URL"] = SettingValue(self._rds_url(secret), label)
+        return values
+
+    def _rds_url(self, secret: Mapping[str, Any]) -> str | DatabaseCredentials:
+        engine = str(secret.get("engine") or "postgres").lower()
+        if engine not in _POSTGRES_ENGINES:
+            raise ConfigurationError(
+                f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) is for the {engine!r} engine; productos "
+                "needs "
+                "a PostgreSQL database (engine postgres)"
+            )
+        credentials = credentials_from(secret)
+        assert credentials is not None  # "password" in secret
+        host = secret.get("host")
+        if not host:
+            # An RDS-managed master user secret: credentials only. They complete a lower DATABASE_URL.
+            return credentials
+        host = str(host)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        user = quote(credentials.user or "postgres", safe="")
+        password = quote(credentials.password, safe="")
+        dbname = quote(str(secret.get("dbname") or "postgres"), safe="")
+        return f"postgresql://{user}:{password}@{host}:{secret.get('port') or 5432}/{dbname}"
+
+
+def credentials_from(secret: Mapping[str, Any]) -> DatabaseCredentials | None:
+    """The database login a secret holds: RDS ``username``/``password``, or the user and password of its
+    ``DATABASE_URL``; ``None`` when it holds neither."""
+    if "password" in secret:
+        user = secret.get("username")
+        return DatabaseCredentials(password=str(secret["password"]), user=str(user) if user else None)
+    for key, value in secret.items():
+        if key.upper() == "DATABASE_URL" and isinstance(value, str):
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                url = make_url(value)
+            except ArgumentError:
+                return None
+            if url.password is None:
+                return None
+            return DatabaseCredentials(password=str(url.password), user=url.username)
+    return None
+
+
+class SecretDatabaseCredentials:
+    """New connections log in with the credentials of the secret's current version.
+
+    The secret is cached for its TTL and refreshed in the background. When the server refuses a login, the
+    current version is read again (once) and, while a rotation is under way, the ``AWSPENDING`` version is
+    tried too: the rotation function sets the new password in the database before it promotes that version.
+    """
+
+    def __init__(self, source: SecretsManagerSource) -> None:
+        self.source = source
+
+    async def get(self) -> DatabaseCredentials:
+        credentials = credentials_from(await self.source.current())
+        if credentials is None:
+            raise ConfigurationError(
+                f"the secret {self.source.secret_id} (PRODUCTOS_SECRET_ID) no longer holds a password or "
+                "DATABASE_URL; restore its username and password keys"
+            )
+        return credentials
+
+    async def after_auth_failure(self, failed: DatabaseCredentials) -> Sequence[DatabaseCredentials]:
+        candidates: list[DatabaseCredentials] = []
+        since = self.source.clock()
+        try:
+            current = credentials_from(await self.source.read_since(since))
+        except ConfigurationError as exc:
+            logger.warning("could not re-read the secret after a refused login", extra={"error": str(exc)})
+            current = None
+        if current is not None and current != failed:
+            candidates.append(current)
+        pending_secret = await self.source.pending(since)
+        pending = credentials_from(pending_secret) if pending_secret is not None else None
+        if pending is not None and pending != failed and pending not in candidates:
+            candidates.append(pending)
+        logger.info(
+            "database login refused; retrying with the secret re-read",
+            extra={"secret_id": self.source.secret_id, "candidates": len(candidates)},
+        )
+        return candidates
+
+
+def supplies_login(secret: Mapping[str, Any], *, user: str | None, password: str | None) -> bool:
+    """Whether ``DATABASE_URL``'s login (``user``, ``password``) is the one ``secret`` holds, so that new
+    connections must follow the secret's rotations."""
+    credentials = credentials_from(secret)
+    if credentials is None or password is None or credentials.password != password:
+        return False
+    return credentials.user is None or user is None or credentials.user == user
