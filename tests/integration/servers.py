@@ -19,7 +19,8 @@ PLAIN = ("-k", "uvicorn.workers.UvicornWorker")
 
 
 class Gunicorn:
-    """``python -m gunicorn <args> productos.main:app`` in a scratch directory, output captured to a file."""
+    """``python -m gunicorn <args> productos.main:app`` (or ``command``) in a scratch directory, output captured
+    to a file."""
 
     def __init__(
         self,
@@ -28,6 +29,7 @@ class Gunicorn:
         args: Sequence[str] = TUNED,
         app: str = "productos.main:app",
         workers: int = 2,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -40,8 +42,8 @@ class Gunicorn:
             "WORKERS": str(workers),
             **env,
         }
-        self.command = [sys.executable, "-m", "gunicorn", *args, app]
-        if args == PLAIN:
+        self.command = list(command) if command else [sys.executable, "-m", "gunicorn", *args, app]
+        if args == PLAIN and not command:
             self.command[3:3] = ["-b", f"127.0.0.1:{self.port}", "-w", str(workers), "--no-control-socket"]
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,15 @@ def _crud_roundtrip(base_url: str) -> None:
 def test_both_gunicorn_command_lines_serve_the_contract(workdir: Path, database_url: str, args: tuple[str, ...]) -> None:
     with Gunicorn(workdir, {"DATABASE_URL": database_url}, args=args) as server:
         _crud_roundtrip(server.base_url)
+
+
+def test_productos_serve_on_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No configuration at all: ``productos serve`` migrates a SQLite file (two workers racing) and serves."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    command = [sys.executable, "-m", "productos.cli", "serve"]
+    with Gunicorn(tmp_path, {}, command=command) as server:
+        _crud_roundtrip(server.base_url)
+    assert (tmp_path / "productos.db").is_file()
 
 
 async def test_sigterm_lets_in_flight_requests_finish(workdir: Path, database_url: str) -> None:
