@@ -41,7 +41,9 @@ class ProductRepository(Protocol):
 class UnitOfWork(Protocol):
     """One transaction. ``async with uow:`` opens it; leaving without ``commit()`` rolls back."""
 
-    productos: ProductRepository
+    # Read-only, so an adapter may narrow the repository type (a mutable protocol attribute is invariant).
+    @property
+    def productos(self) -> ProductRepository: ...
 
     async def __aenter__(self) -> Self: ...
 
