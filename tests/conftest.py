@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -42,11 +42,14 @@ async def postgres_url() -> AsyncIterator[str]:
     """URL of a fresh PostgreSQL database for this test session, migrated to head."""
     server_url = os.environ.get("DATABASE_URL_TEST") or DEFAULT_POSTGRES_URL
     safe = make_url(server_url).render_as_string(hide_password=True)
+    problem = ""
     try:
         admin = await asyncpg.connect(_asyncpg_dsn(server_url), timeout=5)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
         pytest.fail(
-            f"PostgreSQL is unreachable at {safe} ({type(exc).__name__}: {exc}). "
+            f"PostgreSQL is unreachable at {safe} ({problem}). "
             "Start it, or point DATABASE_URL_TEST at a reachable server.",
             pytrace=False,
         )

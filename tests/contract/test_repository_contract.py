@@ -40,10 +40,15 @@ async def list_all(uow_factory: UnitOfWorkFactory) -> list[Producto]:
 
 
 async def update(
-    uow_factory: UnitOfWorkFactory, producto_id: int, changes: dict[str, object], expected_version: int | None = None
+    uow_factory: UnitOfWorkFactory,
+    producto_id: int,
+    changes: dict[str, object],
+    expected_version: int | None = None,
 ) -> Producto | None:
     async with uow_factory() as uow:
-        updated = await uow.productos.update(producto_id, ProductoPatch(changes), expected_version=expected_version)
+        updated = await uow.productos.update(
+            producto_id, ProductoPatch(changes), expected_version=expected_version
+        )
         await uow.commit()
     return updated
 
@@ -62,7 +67,12 @@ async def test_add_assigns_id_version_and_utc_timestamps(uow_factory: UnitOfWork
     after = datetime.now(UTC)
 
     assert created.id >= 1
-    assert (created.nombre, created.descripcion, created.precio, created.stock) == ("Mesa", "Roble", Decimal("19.99"), 3)
+    assert (created.nombre, created.descripcion, created.precio, created.stock) == (
+        "Mesa",
+        "Roble",
+        Decimal("19.99"),
+        3,
+    )
     assert created.version == 1
     assert created.created_at == created.updated_at
     assert_utc(created.created_at)
@@ -148,7 +158,9 @@ async def test_uncommitted_update_and_delete_are_rolled_back(uow_factory: UnitOf
     assert await list_all(uow_factory) == [a, b]
 
 
-async def test_uncommitted_changes_are_invisible_to_other_units_of_work(uow_factory: UnitOfWorkFactory) -> None:
+async def test_uncommitted_changes_are_invisible_to_other_units_of_work(
+    uow_factory: UnitOfWorkFactory,
+) -> None:
     async with uow_factory() as writer:
         created = await writer.productos.add(new())
         assert await get(uow_factory, created.id) is None
@@ -203,7 +215,9 @@ async def test_list_after_and_limit(uow_factory: UnitOfWorkFactory) -> None:
 # --- update ----------------------------------------------------------------------------------------------
 
 
-async def test_update_writes_only_the_patched_fields_and_bumps_version(uow_factory: UnitOfWorkFactory) -> None:
+async def test_update_writes_only_the_patched_fields_and_bumps_version(
+    uow_factory: UnitOfWorkFactory,
+) -> None:
     created = await add(uow_factory, descripcion="Roble", stock=3)
     updated = await update(uow_factory, created.id, {"stock": 7})
     assert updated is not None
@@ -221,7 +235,12 @@ async def test_update_every_field(uow_factory: UnitOfWorkFactory) -> None:
     replacement = NewProducto(nombre="Silla", descripcion="Pino", precio=Decimal("5.50"), stock=2)
     updated = await update(uow_factory, created.id, dict(ProductoPatch.replacing(replacement).changes))
     assert updated is not None
-    assert (updated.nombre, updated.descripcion, updated.precio, updated.stock) == ("Silla", "Pino", Decimal("5.50"), 2)
+    assert (updated.nombre, updated.descripcion, updated.precio, updated.stock) == (
+        "Silla",
+        "Pino",
+        Decimal("5.50"),
+        2,
+    )
     assert await get(uow_factory, created.id) == updated
 
 
@@ -244,7 +263,9 @@ async def test_each_update_bumps_the_version_by_one(uow_factory: UnitOfWorkFacto
 
 
 @pytest.mark.parametrize("expected_version", [None, 1])
-async def test_update_missing_returns_none(uow_factory: UnitOfWorkFactory, expected_version: int | None) -> None:
+async def test_update_missing_returns_none(
+    uow_factory: UnitOfWorkFactory, expected_version: int | None
+) -> None:
     assert await update(uow_factory, 424242, {"stock": 1}, expected_version) is None
 
 
@@ -353,8 +374,11 @@ async def test_concurrent_increments_with_optimistic_retry_all_apply(uow_factory
                     assert current is not None
                     await asyncio.sleep(0)  # let the other writers read the same version
                     await uow.productos.update(
-                        created.id, ProductoPatch({"stock": current.stock + 1}), expected_version=current.version
+                        created.id,
+                        ProductoPatch({"stock": current.stock + 1}),
+                        expected_version=current.version,
                     )
+                    await asyncio.sleep(0)  # and let them try to write before this one commits
                     await uow.commit()
                 return attempts
             except StaleVersionError:
@@ -380,7 +404,9 @@ async def test_concurrent_unconditional_updates_are_all_applied(uow_factory: Uni
     assert stored.nombre == next(r.nombre for r in results if r is not None and r.version == 21)
 
 
-async def test_racing_writers_with_the_same_expected_version_only_one_wins(uow_factory: UnitOfWorkFactory) -> None:
+async def test_racing_writers_with_the_same_expected_version_only_one_wins(
+    uow_factory: UnitOfWorkFactory,
+) -> None:
     created = await add(uow_factory, stock=0)
     barrier = asyncio.Barrier(2)
 

@@ -32,7 +32,7 @@ async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     ]
 )
 def database_url(request: pytest.FixtureRequest) -> str:
-    """An empty database: a SQLite file of the test's own (migrated by the app), or the session's PostgreSQL."""
+    """An empty database: the test's own SQLite file (the app migrates it), or the session's PostgreSQL."""
     fixture = "sqlite_url" if request.param == "sqlite" else "clean_postgres"
     url: str = request.getfixturevalue(fixture)
     return url

@@ -102,14 +102,24 @@ async def test_crud_lifecycle(client: httpx.AsyncClient) -> None:
     assert replaced.status_code == 200
     after_put = replaced.json()
     # PUT replaces every field: the ones left out take their defaults.
-    assert {k: after_put[k] for k in MESA} == {"nombre": "Silla", "descripcion": None, "precio": 5, "stock": 0}
+    assert {k: after_put[k] for k in MESA} == {
+        "nombre": "Silla",
+        "descripcion": None,
+        "precio": 5,
+        "stock": 0,
+    }
     assert after_put["version"] == 2 and after_put["created_at"] == body["created_at"]
     assert replaced.headers["etag"] == '"2"'
 
     patched = await client.patch(f"/productos/{pid}", json={"stock": 8})
     assert patched.status_code == 200
     after_patch = patched.json()
-    assert {k: after_patch[k] for k in MESA} == {"nombre": "Silla", "descripcion": None, "precio": 5, "stock": 8}
+    assert {k: after_patch[k] for k in MESA} == {
+        "nombre": "Silla",
+        "descripcion": None,
+        "precio": 5,
+        "stock": 8,
+    }
     assert after_patch["version"] == 3
     assert (await client.get(f"/productos/{pid}")).json() == after_patch
 
@@ -237,7 +247,9 @@ async def test_link_keeps_the_limit_and_the_after_cursor(client: httpx.AsyncClie
     assert [p["id"] for p in response.json()] == [ids[2]]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "after=-1", "after=x", f"after={2**63}"])
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=1001", "limit=x", "after=-1", "after=x", f"after={2**63}"]
+)
 async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, query: str) -> None:
     response = await client.get(f"/productos?{query}")
     assert response.status_code == 422
@@ -276,7 +288,9 @@ async def test_if_match_on_missing_product_is_404(client: httpx.AsyncClient) -> 
     assert response.status_code == 404
 
 
-@pytest.mark.parametrize("value", [b"abc", b'"1.5"', b'"-1"', b'"' + b"9" * 30 + b'"', b'"\xb2"', b'"\xd9\xa1"'])
+@pytest.mark.parametrize(
+    "value", [b"abc", b'"1.5"', b'"-1"', b'"' + b"9" * 30 + b'"', b'"\xb2"', b'"\xd9\xa1"']
+)
 async def test_malformed_if_match_is_422(client: httpx.AsyncClient, value: bytes) -> None:
     pid = (await create(client))["id"]
     response = await client.patch(f"/productos/{pid}", json={"stock": 1}, headers=[(b"If-Match", value)])
@@ -293,7 +307,9 @@ async def test_concurrent_conditional_increments_all_apply(client: httpx.AsyncCl
         for _ in range(200):
             current = await client.get(item)
             stock = current.json()["stock"]
-            response = await client.patch(item, json={"stock": stock + 1}, headers={"If-Match": current.headers["etag"]})
+            response = await client.patch(
+                item, json={"stock": stock + 1}, headers={"If-Match": current.headers["etag"]}
+            )
             if response.status_code == 200:
                 return
             assert response.status_code == 412, response.text

@@ -1,4 +1,4 @@
-"""Without its database the app still starts, says so on /health (503) quickly, and leaks no connection details."""
+"""Without its database the app starts, answers 503 quickly (/health too), and leaks no connection details."""
 
 from __future__ import annotations
 

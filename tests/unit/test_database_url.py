@@ -17,7 +17,13 @@ def test_postgres_schemes_become_asyncpg(scheme: str) -> None:
     target = parse_database_url(f"{scheme}://app:{PASSWORD}@db.example.com:5433/productos")
     assert target.dialect == "postgresql"
     assert target.url.drivername == "postgresql+asyncpg"
-    assert (target.url.username, target.url.password, target.url.host, target.url.port, target.url.database) == (
+    assert (
+        target.url.username,
+        target.url.password,
+        target.url.host,
+        target.url.port,
+        target.url.database,
+    ) == (
         "app",
         PASSWORD,
         "db.example.com",
@@ -109,7 +115,9 @@ def test_bad_urls_raise_configuration_error_without_the_password(raw: str) -> No
     assert cause is None or PASSWORD not in str(cause)
 
 
-@pytest.mark.parametrize("raw", [f"postgresql://app:{PASSWORD}@h:notaport/db", f"postgresql://app:{PASSWORD}@h:-1x/db"])
+@pytest.mark.parametrize(
+    "raw", [f"postgresql://app:{PASSWORD}@h:notaport/db", f"postgresql://app:{PASSWORD}@h:-1x/db"]
+)
 def test_non_numeric_port_raises_configuration_error_without_the_password(raw: str) -> None:
     with pytest.raises(ConfigurationError, match="DATABASE_URL") as raised:
         parse_database_url(raw)

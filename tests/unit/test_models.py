@@ -92,7 +92,7 @@ def test_precio_error_says_what_to_fix() -> None:
         validate_precio(Decimal("1.001"))
     with pytest.raises(DomainValidationError, match="greater than 0"):
         validate_precio(Decimal(0))
-    with pytest.raises(DomainValidationError, match="at most 99999999.99"):
+    with pytest.raises(DomainValidationError, match=r"at most 99999999\.99"):
         validate_precio(Decimal("1e20"))
 
 
@@ -219,6 +219,8 @@ def test_replacing_patch_writes_every_field() -> None:
 # --- ids -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "valid"), [(0, False), (-1, False), (1, True), (ID_MAX, True), (ID_MAX + 1, False)])
+@pytest.mark.parametrize(
+    ("value", "valid"), [(0, False), (-1, False), (1, True), (ID_MAX, True), (ID_MAX + 1, False)]
+)
 def test_is_valid_id(value: int, valid: bool) -> None:
     assert is_valid_id(value) is valid
