@@ -1,0 +1,405 @@
+"""The pieces of the benchmark: contenders, gunicorn processes, wrk runs, peak memory, the machine.
+
+``bench.run`` puts them together; ``tests/bench`` exercises them cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+WRK_SCRIPT = BENCH_DIR / "wrk" / "bench.lua"
+WORKERS = 2
+#: The small table: GET by id draws ids from 1..SMALL_ROWS.
+SMALL_ROWS = 1_000
+DEEP_ROWS = 1_000_000
+#: The deep page starts after a random id in this range (so about 990,000 rows in).
+DEEP_AFTER = (985_000, 995_000)
+POST_BODY = '{"nombre":"Teclado mecánico","descripcion":"Carga de wrk","precio":49.99,"stock":3}'
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One endpoint as a contender serves it: wrk args ``get <template> lo hi`` or ``post <path> body``."""
+
+    key: str
+    wrk_args: tuple[str, ...]
+    note: str = ""
+
+    @property
+    def first_path(self) -> str:
+        """A concrete path to check before the run (``{n}`` replaced by the lowest value)."""
+        if self.wrk_args[0] == "post":
+            return self.wrk_args[1]
+        return self.wrk_args[1].replace("{n}", self.wrk_args[2])
+
+    @property
+    def method(self) -> str:
+        return "POST" if self.wrk_args[0] == "post" else "GET"
+
+
+def get_scenario(key: str, template: str, lo: int = 1, hi: int = 1, note: str = "") -> Scenario:
+    return Scenario(key, ("get", template, str(lo), str(hi)), note)
+
+
+def post_scenario(path: str) -> Scenario:
+    return Scenario("post", ("post", path, POST_BODY))
+
+
+#: Scenario keys in report order. ``list_50`` and ``post`` run on the 1,000-row table, the ``*_1m`` on the
+#: million-row one.
+SCENARIOS = ("get_id", "list_50", "post", "first_page_1m", "deep_page_1m")
+SCENARIO_TITLES = {
+    "get_id": "GET /productos/{id}",
+    "list_50": "GET /productos?limit=50",
+    "post": "POST /productos",
+    "first_page_1m": "first page of 1M rows",
+    "deep_page_1m": "page after id ~990,000 of 1M",
+}
+
+
+@dataclass(frozen=True)
+class Contender:
+    key: str
+    name: str
+    description: str
+    app: str
+    #: gunicorn arguments before the app; ``{port}`` is replaced.
+    gunicorn_args: tuple[str, ...]
+    small: tuple[Scenario, ...]
+    deep: tuple[Scenario, ...]
+    #: Instead of wrk on the million-row table: one request whose path lists every row (no pagination).
+    deep_all_rows_path: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def command(self, port: int) -> list[str]:
+        args = [a.replace("{port}", str(port)) for a in self.gunicorn_args]
+        return [sys.executable, "-m", "gunicorn", *args, self.app]
+
+
+def _uvicorn_worker_args() -> tuple[str, ...]:
+    return (
+        "-w", str(WORKERS), "-k", "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:{port}",
+        "--no-control-socket", "--timeout", "60",
+    )  # fmt: skip
+
+
+def _keyset(prefix: str = "/productos") -> tuple[tuple[Scenario, ...], tuple[Scenario, ...]]:
+    small = (
+        get_scenario("get_id", "/productos/{n}", 1, SMALL_ROWS),
+        get_scenario("list_50", f"{prefix}?limit=50"),
+        post_scenario(prefix),
+    )
+    deep = (
+        get_scenario("first_page_1m", f"{prefix}?limit=50"),
+        get_scenario("deep_page_1m", f"{prefix}?after={{n}}&limit=50", *DEEP_AFTER),
+    )
+    return small, deep
+
+
+def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Contender]:
+    """The five contenders, by key (a..e)."""
+    small, deep = _keyset()
+    return {
+        "a": Contender(
+            "a", "productos", "productos itself: productos.main:app with its tuned gunicorn config",
+            "productos.main:app", ("-c", "python:productos.gunicorn_conf"), small, deep,
+            env={"WORKERS": str(WORKERS), **(productos_env or {})},
+        ),
+        "b": Contender(
+            "b", "raw-asgi", "raw ASGI callable + asyncpg pool, no framework",
+            "bench.contenders.raw_asgi:app", _uvicorn_worker_args(), small, deep,
+        ),
+        "c": Contender(
+            "c", "fastapi-asyncpg", "FastAPI + raw asyncpg pool, no ORM",
+            "bench.contenders.fastapi_asyncpg:app", _uvicorn_worker_args(), small, deep,
+        ),
+        "d": Contender(
+            "d", "fastapi-orm", "typical FastAPI + SQLAlchemy asyncio ORM + pydantic response_model",
+            "bench.contenders.fastapi_orm:app", _uvicorn_worker_args(),
+            (*small[:1], get_scenario("list_50", "/productos?limit=50"), post_scenario("/productos")),
+            (
+                get_scenario("first_page_1m", "/productos?limit=50"),
+                get_scenario(
+                    "deep_page_1m", "/productos?skip={n}&limit=50", *DEEP_AFTER, note="OFFSET pagination"
+                ),
+            ),
+        ),
+        "e": Contender(
+            "e", "original", "the original app's shape: sync SQLAlchemy/psycopg2 in async def, no pagination",
+            "bench.contenders.original:app", _uvicorn_worker_args(),
+            (
+                get_scenario("get_id", "/productos/{n}", 1, SMALL_ROWS),
+                get_scenario("list_50", "/productos/", note="no pagination: lists all 1,000 rows"),
+                post_scenario("/productos/"),
+            ),
+            (),
+            deep_all_rows_path="/productos/",
+        ),
+    }  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A contender under gunicorn, output to a log file; ready once ``GET /productos/1`` answers 200."""
+
+    def __init__(
+        self, contender: Contender, database_url: str, workdir: Path, env: Mapping[str, str] | None = None
+    ):
+        self.contender = contender
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.command = contender.command(self.port)
+        self.log_path = workdir / f"{contender.key}-{contender.name}-{self.port}.log"
+        self.workdir = workdir
+        pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": pythonpath,
+            "DATABASE_URL": database_url,
+            "APP_HOST": "127.0.0.1",
+            "APP_PORT": str(self.port),
+            **contender.env,
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 60) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.contender.name} exited with {self.process.returncode}:\n{self.output()}"
+                )
+            try:
+                if (
+                    httpx.get(f"{self.base_url}/productos/1", timeout=2).status_code == 200
+                    and self.ready_workers()
+                ):
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.contender.name} did not become ready:\n{self.output()}")
+
+    def ready_workers(self) -> bool:
+        return len(self.worker_pids()) >= WORKERS
+
+    def worker_pids(self) -> list[int]:
+        if self.process is None:
+            return []
+        return child_pids(self.process.pid)
+
+    def peak_rss_kib(self) -> dict[int, int]:
+        """VmHWM (peak resident set, KiB) of each live worker."""
+        return {pid: kib for pid in self.worker_pids() if (kib := proc_status_kib(pid, "VmHWM")) is not None}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def child_pids(pid: int) -> list[int]:
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return sorted(set(pids))
+
+
+def proc_status_kib(pid: int, key: str) -> int | None:
+    """A ``kB`` line of ``/proc/<pid>/status`` (VmHWM, VmRSS), or None if the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+@dataclass
+class WrkResult:
+    connections: int
+    duration_s: float
+    requests: int
+    rps: float
+    #: Latencies are None when no request completed within the run.
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    errors: int
+    error_detail: dict[str, int]
+    command: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def wrk_command(
+    base_url: str,
+    scenario: Scenario,
+    connections: int,
+    duration: float,
+    threads: int = 2,
+    timeout: str = "10s",
+) -> list[str]:
+    return [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", f"--timeout={timeout}",
+        "-s", str(WRK_SCRIPT), base_url, "--", *scenario.wrk_args,
+    ]  # fmt: skip
+
+
+def parse_wrk(stdout: str) -> dict[str, Any]:
+    for line in stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return dict(json.loads(line.removeprefix("BENCH_JSON ")))
+    raise ValueError(f"no BENCH_JSON line in wrk's output:\n{stdout}")
+
+
+def run_wrk(
+    base_url: str, scenario: Scenario, connections: int, duration: float, threads: int = 2
+) -> WrkResult:
+    """Run wrk; errors are non-2xx/3xx statuses plus socket errors (connect, read, write, timeout)."""
+    command = wrk_command(base_url, scenario, connections, duration, threads)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    raw = parse_wrk(done.stdout)
+    seconds = raw["duration_us"] / 1e6
+    latency: dict[str, float] = raw["latency_us"]
+
+    def ms(key: str) -> float | None:
+        return latency[key] / 1000 if raw["requests"] else None
+
+    return WrkResult(
+        connections=connections,
+        duration_s=round(seconds, 3),
+        requests=raw["requests"],
+        rps=round(raw["requests"] / seconds, 1) if seconds else 0.0,
+        p50_ms=ms("p50"),
+        p90_ms=ms("p90"),
+        p99_ms=ms("p99"),
+        max_ms=ms("max"),
+        errors=sum(raw["errors"].values()),
+        error_detail=raw["errors"],
+        command=shlex.join(command),
+    )
+
+
+def one_request(server: Server, path: str, timeout: float) -> dict[str, Any]:
+    """One GET, streamed and timed, with the workers' peak memory sampled while it runs (a worker the
+    request gets killed still counts)."""
+    peak: dict[int, int] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for pid in server.worker_pids():
+                rss = proc_status_kib(pid, "VmRSS") or 0
+                peak[pid] = max(peak.get(pid, 0), rss)
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    result: dict[str, Any] = {"path": path, "timeout_s": timeout}
+    try:
+        size = 0
+        with httpx.stream("GET", server.base_url + path, timeout=timeout) as response:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+        result.update(status=response.status_code, bytes=size)
+    except httpx.HTTPError as exc:
+        result.update(status=None, error=f"{type(exc).__name__}: {exc}"[:300])
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    stop.set()
+    sampler.join()
+    result["peak_rss_kib_sampled"] = dict(sorted(peak.items()))
+    result["peak_rss_kib"] = server.peak_rss_kib()
+    return result
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split(
+        "\n"
+    )[0]
+    import fastapi
+    import sqlalchemy
+    import uvicorn
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(mem_kib / 1024**2, 1) if mem_kib else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wrk": wrk_version.strip(),
+        "fastapi": fastapi.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
+        "uvicorn": uvicorn.__version__,
+    }
+
+
+def check_same_row(servers: Sequence[Server], producto_id: int = 1) -> dict[str, Any]:
+    """GET the same row from each server; return the bodies by contender name."""
+    return {
+        s.contender.name: httpx.get(f"{s.base_url}/productos/{producto_id}", timeout=5).json()
+        for s in servers
+    }
