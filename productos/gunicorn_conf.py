@@ -8,6 +8,8 @@ worker.
 
 from __future__ import annotations
 
+from typing import Any
+
 from productos.observability.logging import logging_config
 from productos.settings import Settings
 
@@ -40,3 +42,34 @@ preload_app = False
 # gunicorn >= 27 opens a management socket at a fixed per-user path; productos does not use it, and two
 # services on one host (or a test run beside a live service) would fight over it.
 control_socket_disable = True
+
+# The client's address in the access log: uvicorn rewrites the peer from X-Forwarded-For only for these
+# proxies, the same ones productos trusts (PRODUCTOS_TRUSTED_PROXIES; none by default).
+forwarded_allow_ips = _settings.trusted_proxies or ""
+
+
+# Prometheus multiprocess mode: every worker writes its metrics to files in one directory, and /metrics on
+# any worker merges them. The master makes the directory fresh before it forks any worker, tells each dead
+# worker's gauges to go, and removes the directory when it exits.
+_metrics_dir: str | None = None
+
+
+def on_starting(server: Any) -> None:
+    global _metrics_dir
+    from productos.observability.metrics import create_multiprocess_dir
+
+    _metrics_dir = create_multiprocess_dir()
+    server.log.info("Prometheus multiprocess directory %s", _metrics_dir)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from productos.observability.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    from productos.observability.metrics import remove_multiprocess_dir
+
+    if _metrics_dir is not None:
+        remove_multiprocess_dir(_metrics_dir)

@@ -94,6 +94,21 @@ class Settings(BaseSettings):
     aws_read_timeout: float = Field(5.0, **_env("PRODUCTOS_AWS_READ_TIMEOUT"), gt=0, le=300)
     aws_max_attempts: int = Field(3, **_env("PRODUCTOS_AWS_MAX_ATTEMPTS"), ge=1, le=10)
 
+    # Observability (metrics, tracing, access log): see productos.observability
+    metrics_enabled: bool = Field(True, **_env("PRODUCTOS_METRICS_ENABLED"))
+    tracing_enabled: bool = Field(True, **_env("PRODUCTOS_TRACING_ENABLED"))
+    otel_exporter: Literal["auto", "otlp", "console", "none"] = Field("auto", **_env("PRODUCTOS_OTEL_EXPORTER"))
+    otel_exporter_otlp_endpoint: str | None = Field(None, **_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    xray: bool = Field(False, **_env("PRODUCTOS_XRAY"))
+    trusted_proxies: str = Field("", **_env("PRODUCTOS_TRUSTED_PROXIES"))
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        from productos.observability.proxies import parse_proxies
+
+        return ",".join(parse_proxies(value))
+
     @classmethod
     def settings_customise_sources(
         cls,

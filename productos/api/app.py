@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse
 
 from productos.api.errors import install_error_handlers
 from productos.api.middleware import BodySizeLimitMiddleware
-from productos.api.routes import health, productos
+from productos.api.routes import health, metrics, productos
 from productos.bootstrap import open_container
 from productos.observability.logging import configure_logging
 from productos.observability.middleware import RequestContextMiddleware
+from productos.observability.telemetry import Telemetry, open_telemetry
 from productos.settings import Settings, load_settings
 
 logger = logging.getLogger("productos.app")
@@ -33,9 +34,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         resolved = settings or await load_settings()
         configure_logging(resolved.log_level)
-        async with open_container(resolved) as container:
+        # Telemetry per worker, after gunicorn's fork: its exporters run threads. Closed last, so it exports
+        # everything the container's shutdown does.
+        async with open_telemetry(resolved) as telemetry, open_container(resolved) as container:
+            telemetry.instrument_engine(container.engine)
             logger.info("started", extra={"service": resolved.service_name})
-            yield {"container": container, BodySizeLimitMiddleware.STATE_KEY: resolved.max_body_size}
+            yield {
+                "container": container,
+                BodySizeLimitMiddleware.STATE_KEY: resolved.max_body_size,
+                Telemetry.STATE_KEY: telemetry,
+            }
         logger.info("stopped", extra={"service": resolved.service_name})
 
     app = FastAPI(
@@ -48,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(productos.router)
+    app.include_router(metrics.router)
 
     @app.get("/", tags=["meta"])
     async def root() -> JSONResponse:

@@ -1,6 +1,22 @@
-"""Observability: JSON logging and request context."""
+"""Observability: JSON logging, request context, metrics (Prometheus and OpenTelemetry) and tracing."""
 
 from productos.observability.logging import JsonFormatter, configure_logging, logging_config, request_id_var
+from productos.observability.metrics import Metrics
 from productos.observability.middleware import RequestContextMiddleware
+from productos.observability.proxies import TrustedProxies
+from productos.observability.telemetry import Telemetry, build_telemetry, open_telemetry
+from productos.observability.tracing import Tracing
 
-__all__ = ["JsonFormatter", "RequestContextMiddleware", "configure_logging", "logging_config", "request_id_var"]
+__all__ = [
+    "JsonFormatter",
+    "Metrics",
+    "RequestContextMiddleware",
+    "Telemetry",
+    "Tracing",
+    "TrustedProxies",
+    "build_telemetry",
+    "configure_logging",
+    "logging_config",
+    "open_telemetry",
+    "request_id_var",
+]

@@ -10,16 +10,29 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry.trace import get_current_span
+
 #: The id of the request being served, set by ``RequestContextMiddleware``; on every log line.
 request_id_var: ContextVar[str | None] = ContextVar("productos_request_id", default=None)
 
 _STANDARD_ATTRS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime", "taskName"}
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    # uvicorn's ``color_message`` repeats the message with terminal colour codes.
+    | {"message", "asctime", "taskName", "color_message"}
 )
+
+_xray_trace_ids = False
+
+
+def set_xray_trace_ids(enabled: bool) -> None:
+    """Also write each trace id X-Ray style (``xray_trace_id``: ``1-<8 hex>-<24 hex>``)."""
+    global _xray_trace_ids
+    _xray_trace_ids = enabled
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, and any ``extra`` fields."""
+    """One JSON object per line: time, level, logger, message, process id, request id, trace and span ids
+    (of the current OpenTelemetry span), and any ``extra`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -27,10 +40,18 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
         }
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
+        span_context = get_current_span().get_span_context()
+        if span_context.is_valid:
+            trace_id = format(span_context.trace_id, "032x")
+            entry["trace_id"] = trace_id
+            entry["span_id"] = format(span_context.span_id, "016x")
+            if _xray_trace_ids:
+                entry["xray_trace_id"] = f"1-{trace_id[:8]}-{trace_id[8:]}"
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value

@@ -1,4 +1,10 @@
-"""Request context and the access log, as one pure ASGI middleware (no per-request allocation of tasks)."""
+"""Request context, metrics, the request's span and the access log: one pure ASGI middleware.
+
+Each request is timed once. That one measurement is the duration in the access line, the
+``http.server.request.duration`` observation (Prometheus and OpenTelemetry) and the span's end. The
+measurement ends when the response's last body message is handed to the server, and the metric and the log
+line are written before that message goes out: a client that has its response can already see it counted.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +12,28 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from productos.observability.logging import request_id_var
+from productos.observability.metrics import KNOWN_METHODS
+from productos.observability.telemetry import Telemetry
+from productos.observability.tracing import TRACE_HEADERS
 
 access_logger = logging.getLogger("productos.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:;=/+-]{1,200}$")
+_NO_TELEMETRY = Telemetry()
+_TRACE_HEADERS = frozenset(name.encode("latin-1") for name in TRACE_HEADERS)
 
 
-def _request_id(scope: Scope) -> str:
+def _request_id(request_id: str | None, amzn: str | None) -> str:
     """X-Request-ID if the client sent a sane one, else the ALB's X-Amzn-Trace-Id, else a new UUID."""
-    amzn: str | None = None
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            if _SAFE_ID.match(candidate):
-                return candidate
-        elif name == b"x-amzn-trace-id":
-            amzn = value.decode("latin-1")
+    if request_id and _SAFE_ID.match(request_id):
+        return request_id
     if amzn and _SAFE_ID.match(amzn):
         return amzn
     return uuid.uuid4().hex
@@ -39,7 +47,13 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Sets the request id (returned as ``X-Request-ID``), times the request and logs one access line."""
+    """Sets the request id (returned as ``X-Request-ID``), opens the request's span, times the request,
+    records its metrics and logs one access line.
+
+    The telemetry (metrics, tracing, trusted proxies) comes from the lifespan state, under
+    ``Telemetry.STATE_KEY``: settings are only known once the app starts. Without it, the middleware still
+    sets the request id and logs.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -48,36 +62,96 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
+        state = scope.get("state")
+        telemetry: Telemetry = (state.get(Telemetry.STATE_KEY) if state else None) or _NO_TELEMETRY
+        metrics = telemetry.metrics
+        tracing = telemetry.tracing
+
+        x_request_id = amzn_trace_id = forwarded_for = None
+        carrier: dict[str, str] | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                x_request_id = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                text = value.decode("latin-1")
+                forwarded_for = f"{forwarded_for},{text}" if forwarded_for else text
+            elif name in _TRACE_HEADERS:
+                if name == b"x-amzn-trace-id":
+                    amzn_trace_id = value.decode("latin-1")
+                if tracing is not None:
+                    carrier = carrier or {}
+                    carrier[name.decode("latin-1")] = value.decode("latin-1")
+
+        request_id = _request_id(x_request_id, amzn_trace_id)
         token = request_id_var.set(request_id)
         header = (b"x-request-id", request_id.encode("latin-1"))
+        method = scope["method"]
+        if method not in KNOWN_METHODS:
+            method = "_OTHER"
+
+        start = time.perf_counter_ns()
+        span: Any = None
+        context_token = None
+        if tracing is not None:
+            parent = tracing.extract(carrier) if carrier else None
+            span = tracing.tracer.start_span(
+                method, context=parent, kind=SpanKind.SERVER, attributes={"http.request.method": method}
+            )
+            context_token = otel_context.attach(set_span_in_context(span, parent))
+        if metrics is not None:
+            metrics.request_started()
         status = 500
-        start = time.perf_counter()
+        done = False
+
+        def finish() -> None:
+            nonlocal done
+            done = True
+            elapsed_ns = time.perf_counter_ns() - start
+            route = route_template(scope)
+            if metrics is not None:
+                metrics.request_finished(method, route, status, elapsed_ns / 1e9)
+            if span is not None and span.is_recording():
+                span.update_name(f"{method} {route}")
+                span.set_attributes(
+                    {"http.route": route, "http.response.status_code": status, "url.path": scope["path"]}
+                )
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                # The span keeps its wall-clock start; its length is the one measurement above.
+                span.end(end_time=span.start_time + elapsed_ns)
+            if access_logger.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_logger.info(
+                    "%s %s %d",
+                    method,
+                    route,
+                    status,
+                    extra={
+                        "method": method,
+                        "route": route,
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(elapsed_ns / 1e6, 3),
+                        "client_ip": telemetry.trusted_proxies.client_ip(
+                            client[0] if client else None, forwarded_for
+                        ),
+                    },
+                )
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), header]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False) and not done:
+                finish()
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            duration_ms = (time.perf_counter() - start) * 1000
-            client = scope.get("client")
-            access_logger.info(
-                "%s %s %d",
-                scope["method"],
-                route_template(scope),
-                status,
-                extra={
-                    "method": scope["method"],
-                    "route": route_template(scope),
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(duration_ms, 3),
-                    "client_ip": client[0] if client else None,
-                },
-            )
+            if not done:
+                finish()
+            if context_token is not None:
+                otel_context.detach(context_token)
             request_id_var.reset(token)

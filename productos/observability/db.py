@@ -1,0 +1,220 @@
+"""Database instrumentation from SQLAlchemy's own events: query durations and spans, and the pool's state.
+
+- ``db.client.operation.duration``, by operation (``SELECT``, ``INSERT``...): timed between
+  ``before_cursor_execute`` and ``after_cursor_execute`` (or ``handle_error``); the same measurement makes the
+  query's span, a child of the request's.
+- ``db.client.connection.count`` by state: every pool event (``connect``, ``checkout``, ``checkin``,
+  ``close``, ``invalidate``, ``detach``) moves its connection between *idle*, *used* and *gone*. Each
+  connection remembers its state, so an event that repeats a state (``invalidate`` then ``close``) or one
+  without a matching checkout (a checkout that failed) cannot make the counts drift.
+- ``db.client.connection.pending_requests``, ``.wait_time`` and ``.timeouts``: timed around the pool's
+  ``connect()``, which SQLAlchemy has no event for. The wait covers the queue, the pre-ping and the login of
+  a new connection: all the time a caller waits for a usable connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import Pool, QueuePool, StaticPool
+
+from productos.observability.metrics import IDLE, USED, Metrics, PoolInstruments
+from productos.observability.tracing import Tracing
+
+#: Operation names kept as they are; any other statement is recorded as ``OTHER`` (bounded label values).
+OPERATIONS = frozenset(
+    {
+        "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT",
+        "RELEASE", "CREATE", "ALTER", "DROP", "TRUNCATE", "SET", "SHOW", "PRAGMA", "LOCK", "COPY", "VACUUM",
+        "ANALYZE", "EXPLAIN",
+    }
+)  # fmt: skip
+#: Failures to get a connection that count as timeouts. ``CancelledError`` is how our own deadline
+#: (``asyncio.timeout`` around the acquisition, in the unit of work) reaches the pool.
+_TIMEOUTS = (PoolTimeoutError, TimeoutError, asyncio.CancelledError)
+_STATE = "productos.pool_state"
+_START = "_productos_started_ns"
+_SYSTEMS = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql", "mssql": "microsoft.sql_server"}
+
+
+def operation_name(statement: str, cache: dict[str, str] | None = None) -> str:
+    """The statement's first keyword, upper-case, if it is a known operation; else ``OTHER``."""
+    if cache is not None:
+        found = cache.get(statement)
+        if found is not None:
+            return found
+    head = statement.lstrip(" \t\r\n(")[:16].split(None, 1)
+    name = head[0].upper() if head else ""
+    name = name if name in OPERATIONS else "OTHER"
+    if cache is not None and len(cache) < 4096:  # compiled statements are few; literal SQL could be many
+        cache[statement] = name
+    return name
+
+
+class _StatementListener:
+    """``before_cursor_execute`` / ``after_cursor_execute`` / ``handle_error`` handlers of one engine."""
+
+    def __init__(self, metrics: Metrics | None, tracing: Tracing | None, system: str, namespace: str | None):
+        self.metrics = metrics
+        self.tracer = tracing.tracer if tracing is not None else None
+        self.system = system
+        self.namespace = namespace
+        self.operations: dict[str, str] = {}
+
+    def before(
+        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if context is not None:
+            setattr(context, _START, time.perf_counter_ns())
+
+    def after(
+        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        started = getattr(context, _START, None)
+        if started is not None:
+            self._record(statement, time.perf_counter_ns() - started, None)
+
+    def failed(self, exception_context: Any) -> None:
+        context = exception_context.execution_context
+        started = getattr(context, _START, None)
+        if started is not None:
+            delattr(context, _START)
+            error = exception_context.original_exception
+            self._record(exception_context.statement or "", time.perf_counter_ns() - started, error)
+
+    def _record(self, statement: str, elapsed_ns: int, error: BaseException | None) -> None:
+        operation = operation_name(statement, self.operations)
+        if self.metrics is not None:
+            self.metrics.operation(self.system, operation, elapsed_ns / 1e9)
+        if self.tracer is None:
+            return
+        if not get_current_span().is_recording():
+            return  # the request's span is sampled out: its queries' spans would be dropped too
+        end = time.time_ns()
+        attributes = {
+            "db.system.name": self.system,
+            "db.operation.name": operation,
+            "db.query.text": statement,
+        }
+        if self.namespace:
+            attributes["db.namespace"] = self.namespace
+        name = f"{operation} {self.namespace}" if self.namespace else operation
+        span = self.tracer.start_span(
+            name, kind=SpanKind.CLIENT, attributes=attributes, start_time=end - elapsed_ns
+        )
+        if error is not None:
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.set_status(Status(StatusCode.ERROR))
+        span.end(end_time=end)
+
+
+class _PoolListener:
+    """Pool events → connection counts by state; each connection's state kept in its ``record_info``."""
+
+    def __init__(self, instruments: PoolInstruments) -> None:
+        self.instruments = instruments
+
+    def _move(self, record: Any, new: str | None) -> None:
+        info = record.record_info
+        old = info.get(_STATE)
+        if old == new:
+            return
+        if old is not None:
+            self.instruments.connections(old, -1)
+        if new is not None:
+            self.instruments.connections(new, 1)
+        info[_STATE] = new
+
+    def connect(self, dbapi_connection: Any, record: Any) -> None:
+        self._move(record, USED)  # a queue pool opens a connection for the caller that is checking one out
+
+    def checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        self._move(record, USED)
+
+    def checkin(self, dbapi_connection: Any, record: Any) -> None:
+        self._move(record, IDLE if dbapi_connection is not None else None)
+
+    def gone(self, dbapi_connection: Any, record: Any, *args: Any) -> None:
+        self._move(record, None)
+
+
+def _capacity(pool: Pool) -> int | None:
+    if isinstance(pool, QueuePool):
+        overflow = getattr(pool, "_max_overflow", 0)  # no public accessor; -1 means unbounded
+        return None if overflow < 0 else pool.size() + overflow
+    if isinstance(pool, StaticPool):
+        return 1
+    return None
+
+
+def _time_acquisitions(pool: Pool, instruments: PoolInstruments) -> None:
+    """Time ``pool.connect()``. The pool's class is swapped for a subclass, so the timing survives
+    ``engine.dispose()``, whose ``recreate()`` builds the new pool from ``self.__class__``."""
+    base = type(pool)
+
+    class TimedPool(base):  # type: ignore[valid-type, misc]
+        def connect(self) -> Any:
+            instruments.pending(1)
+            started = time.perf_counter_ns()
+            try:
+                return super().connect()
+            except _TIMEOUTS:
+                instruments.timed_out()
+                raise
+            finally:
+                instruments.pending(-1)
+                instruments.waited((time.perf_counter_ns() - started) / 1e9)
+
+    TimedPool.__name__ = TimedPool.__qualname__ = f"Timed{base.__name__}"
+    pool.__class__ = TimedPool
+
+
+def instrument_engine(
+    engine: AsyncEngine | Engine,
+    *,
+    metrics: Metrics | None,
+    tracing: Tracing | None,
+    pool_name: str | None = None,
+) -> None:
+    """Record ``engine``'s queries and pool to ``metrics`` and its queries as spans to ``tracing``.
+
+    Args:
+        engine: the engine, before or after it has opened connections (instrument it before, for exact
+            pool counts: a connection opened earlier is counted from its next checkout on).
+        metrics: the process' instruments; ``None`` records no metric.
+        tracing: the process' tracing; ``None`` makes no span.
+        pool_name: ``db.client.connection.pool.name``; by default the database's name.
+    """
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    if getattr(sync_engine, "_productos_instrumented", False):
+        return
+    sync_engine._productos_instrumented = True  # type: ignore[attr-defined]
+    system = _SYSTEMS.get(sync_engine.dialect.name, sync_engine.dialect.name)
+    namespace = sync_engine.url.database or None
+    if metrics is None and tracing is None:
+        return
+    statements = _StatementListener(metrics, tracing, system, namespace)
+    event.listen(sync_engine, "before_cursor_execute", statements.before)
+    event.listen(sync_engine, "after_cursor_execute", statements.after)
+    event.listen(sync_engine, "handle_error", statements.failed)
+    if metrics is None:
+        return
+    pool = sync_engine.pool
+    instruments = metrics.pool(pool_name or namespace or system)
+    listener = _PoolListener(instruments)
+    event.listen(pool, "connect", listener.connect)
+    event.listen(pool, "checkout", listener.checkout)
+    event.listen(pool, "checkin", listener.checkin)
+    for name in ("close", "invalidate", "detach"):
+        event.listen(pool, name, listener.gone)
+    capacity = _capacity(pool)
+    if capacity is not None:
+        instruments.capacity(capacity)
+    _time_acquisitions(pool, instruments)

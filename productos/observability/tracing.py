@@ -1,0 +1,116 @@
+"""OpenTelemetry tracing: the tracer provider of one worker, its exporter, and trace-context propagation.
+
+The provider is created in each worker after gunicorn forks (in the app's lifespan), never at import time
+nor in the master: the batch span processor runs a thread, and threads do not survive a fork.
+
+Exporters: ``otlp`` (OTLP over HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT``; the exporter's other ``OTEL_*``
+variables apply), ``console`` (development), ``none``. With ``none`` every span is sampled out: spans still
+carry a trace id (for the logs, and to propagate an incoming one), but none is recorded, so tracing costs
+next to nothing when nothing exports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from productos.domain.errors import ConfigurationError
+
+#: Request headers that can carry an incoming trace context (W3C and AWS X-Ray).
+TRACE_HEADERS = frozenset({"traceparent", "tracestate", "x-amzn-trace-id"})
+
+
+class Tracing:
+    """One worker's tracer and propagator.
+
+    Args:
+        provider: the tracer provider (its processors decide what is exported).
+        propagator: reads the incoming trace context from request headers.
+        xray: trace ids are X-Ray ids (an epoch second, then random bits) and logs show them X-Ray style too.
+    """
+
+    def __init__(
+        self, provider: TracerProvider, propagator: TextMapPropagator, *, xray: bool = False
+    ) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer("productos")
+        self.propagator = propagator
+        self.xray = xray
+
+    def extract(self, carrier: Mapping[str, str]) -> Context:
+        """The context an incoming request's headers (lower-case names) carry."""
+        return self.propagator.extract(carrier)
+
+    def shutdown(self) -> None:
+        """Export what is pending and stop the processors' threads (blocks: call it in a thread)."""
+        self.provider.shutdown()
+
+
+def span_exporter(kind: str, endpoint: str | None) -> SpanExporter | None:
+    if kind == "none":
+        return None
+    if kind == "console":
+        return ConsoleSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces" if endpoint else None)
+
+
+def create_tracing(resource: Resource, *, exporter: str, endpoint: str | None, xray: bool) -> Tracing:
+    """A tracer provider exporting to ``exporter`` (``otlp``, ``console`` or ``none``).
+
+    Raises:
+        ConfigurationError: X-Ray was asked for and its packages are not installed.
+    """
+    span_export = span_exporter(exporter, endpoint)
+    # Nothing exported: sample every span out (see the module's docstring). Otherwise the SDK's default,
+    # parent-based always-on, which ``OTEL_TRACES_SAMPLER`` can change.
+    sampler: Sampler | None = ALWAYS_OFF if span_export is None else None
+    id_generator: IdGenerator | None = None
+    propagator: TextMapPropagator = TraceContextTextMapPropagator()
+    if xray:
+        try:
+            from opentelemetry.propagators.aws import AwsXRayPropagator
+            from opentelemetry.sdk.extension.aws.trace import AwsXRayIdGenerator
+        except ImportError as exc:
+            raise ConfigurationError(
+                "PRODUCTOS_XRAY=true needs the packages opentelemetry-propagator-aws-xray and "
+                "opentelemetry-sdk-extension-aws"
+            ) from exc
+        id_generator = AwsXRayIdGenerator()
+        # X-Ray last: when both headers come in, the ALB's or API Gateway's X-Ray context wins.
+        propagator = CompositePropagator([TraceContextTextMapPropagator(), AwsXRayPropagator()])
+    provider = TracerProvider(
+        sampler=sampler, resource=resource, id_generator=id_generator, shutdown_on_exit=False
+    )
+    if span_export is not None:
+        processor = (
+            SimpleSpanProcessor(span_export) if exporter == "console" else BatchSpanProcessor(span_export)
+        )
+        provider.add_span_processor(processor)
+    _install_globally(provider, propagator)
+    return Tracing(provider, propagator, xray=xray)
+
+
+def _install_globally(provider: TracerProvider, propagator: TextMapPropagator) -> None:
+    # The application's own spans (``trace.get_tracer(__name__)``) and outgoing clients' propagation use the
+    # global provider and propagator. OpenTelemetry allows setting the provider once per process; a second
+    # app in the same process (tests) keeps using its own provider explicitly.
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(provider)
+        propagate.set_global_textmap(propagator)

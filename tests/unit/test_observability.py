@@ -1,0 +1,258 @@
+"""Observability in process: the request middleware, metrics, spans, log lines and trusted proxies."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from productos.observability.db import operation_name
+from productos.observability.logging import JsonFormatter, logging_config, set_xray_trace_ids
+from productos.observability.metrics import Metrics
+from productos.observability.middleware import RequestContextMiddleware
+from productos.observability.proxies import TrustedProxies
+from productos.observability.telemetry import Telemetry, build_telemetry, exporter_kind
+from productos.observability.tracing import Tracing
+from productos.settings import Settings
+
+ROUTE = "/items/{item_id}"
+DURATION = "http_server_request_duration_seconds"
+
+
+class LineCollector(logging.Handler):
+    """Formats each record as it is emitted (in the request's context), like the stdout handler does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.fixture
+def access_lines() -> Iterator[list[dict[str, object]]]:
+    collector = LineCollector()
+    logger = logging.getLogger("productos.access")
+    previous = logger.level
+    logger.addHandler(collector)
+    logger.setLevel(logging.INFO)
+    try:
+        yield collector.lines
+    finally:
+        logger.removeHandler(collector)
+        logger.setLevel(previous)
+
+
+def in_memory_tracing() -> tuple[Tracing, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracing(provider, TraceContextTextMapPropagator()), exporter
+
+
+def app_with(telemetry: Telemetry) -> httpx.AsyncClient:
+    """A tiny app behind the middleware, with ``telemetry`` in the lifespan state as the real app has it."""
+
+    async def item(request: Request) -> PlainTextResponse:
+        item_id = int(request.path_params["item_id"])
+        if item_id == 0:
+            raise RuntimeError("boom")
+        return PlainTextResponse("ok", status_code=200 if item_id % 2 else 404)
+
+    middleware = RequestContextMiddleware(Starlette(routes=[Route(ROUTE, item)]))
+
+    async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"] = {Telemetry.STATE_KEY: telemetry}
+        await middleware(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=with_state, raise_app_exceptions=False, client=("10.1.2.3", 5000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+async def test_one_label_per_route_template_and_one_measurement_per_request(
+    access_lines: list[dict[str, object]],
+) -> None:
+    tracing, exporter = in_memory_tracing()
+    metrics = Metrics()
+    async with app_with(Telemetry(metrics=metrics, tracing=tracing)) as client:
+        for item_id in range(1, 1001):
+            await client.get(f"/items/{item_id}")
+
+    registry = metrics.registry
+    routes = {s.labels["http_route"] for m in registry.collect() if m.name == DURATION for s in m.samples}
+    assert routes == {ROUTE}
+    for status in ("200", "404"):
+        labels = {"http_request_method": "GET", "http_route": ROUTE, "http_response_status_code": status}
+        assert registry.get_sample_value(f"{DURATION}_count", labels) == 500
+    assert registry.get_sample_value("http_server_active_requests") == 0
+
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 1000 and {s.name for s in spans} == {f"GET {ROUTE}"}
+    assert all(s.kind is SpanKind.SERVER and s.attributes["http.route"] == ROUTE for s in spans)
+    # One measurement: the spans' lengths are the histogram's observations, and the access lines' durations.
+    span_seconds = sum((s.end_time - s.start_time) for s in spans if s.end_time and s.start_time) / 1e9
+    histogram_seconds = sum(
+        registry.get_sample_value(
+            f"{DURATION}_sum", {"http_request_method": "GET", "http_route": ROUTE, "http_response_status_code": s}
+        )
+        or 0
+        for s in ("200", "404")
+    )
+    assert span_seconds == pytest.approx(histogram_seconds, abs=1e-6)
+    assert len(access_lines) == 1000
+    assert sum(float(line["duration_ms"]) for line in access_lines) / 1e3 == pytest.approx(histogram_seconds, abs=1e-3)
+    assert {line["trace_id"] for line in access_lines} == {format(s.context.trace_id, "032x") for s in spans}
+
+
+async def test_access_line_carries_request_and_trace_ids(access_lines: list[dict[str, object]]) -> None:
+    tracing, exporter = in_memory_tracing()
+    incoming_trace = "4bf92f3577b34a4a8e6d2b5a8b2e9a41"
+    async with app_with(Telemetry(metrics=Metrics(), tracing=tracing)) as client:
+        response = await client.get(
+            "/items/7", headers={"X-Request-ID": "req-42", "traceparent": f"00-{incoming_trace}-00f067aa0ba902b7-01"}
+        )
+    assert response.headers["x-request-id"] == "req-42"
+    (line,) = access_lines
+    (span,) = exporter.get_finished_spans()
+    assert line["request_id"] == "req-42"
+    assert line["trace_id"] == incoming_trace == format(span.context.trace_id, "032x")
+    assert line["span_id"] == format(span.context.span_id, "016x")
+    assert span.parent is not None and span.parent.span_id == 0x00F067AA0BA902B7
+    assert (line["method"], line["route"], line["path"], line["status"]) == ("GET", ROUTE, "/items/7", 200)
+    assert line["client_ip"] == "10.1.2.3"
+    assert isinstance(line["duration_ms"], float)
+
+
+async def test_unhandled_error_is_counted_once_as_500(access_lines: list[dict[str, object]]) -> None:
+    tracing, exporter = in_memory_tracing()
+    metrics = Metrics()
+    async with app_with(Telemetry(metrics=metrics, tracing=tracing)) as client:
+        assert (await client.get("/items/0")).status_code == 500
+    labels = {"http_request_method": "GET", "http_route": ROUTE, "http_response_status_code": "500"}
+    assert metrics.registry.get_sample_value(f"{DURATION}_count", labels) == 1
+    assert [line["status"] for line in access_lines] == [500]
+    (span,) = exporter.get_finished_spans()
+    assert not span.status.is_ok
+
+
+async def test_unknown_methods_and_paths_cannot_create_label_values() -> None:
+    metrics = Metrics()
+    async with app_with(Telemetry(metrics=metrics)) as client:
+        for n in range(20):
+            await client.request(f"BREW{n}", f"/nowhere/{n}")
+    samples = [s for m in metrics.registry.collect() if m.name == DURATION for s in m.samples]
+    assert {(s.labels["http_request_method"], s.labels["http_route"]) for s in samples} == {("_OTHER", "unmatched")}
+
+
+async def test_without_telemetry_the_middleware_still_logs(access_lines: list[dict[str, object]]) -> None:
+    async with app_with(Telemetry()) as client:
+        response = await client.get("/items/3")
+    assert response.status_code == 200 and len(response.headers["x-request-id"]) == 32
+    assert "trace_id" not in access_lines[0]
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "forwarded_for", "client"),
+    [
+        ("", "10.0.0.5", "203.0.113.9", "10.0.0.5"),  # nobody trusted: the header is ignored
+        ("10.0.0.0/16", "198.51.100.7", "203.0.113.9", "198.51.100.7"),  # peer not trusted
+        ("10.0.0.0/16", "10.0.0.5", "203.0.113.9", "203.0.113.9"),  # the ALB's entry
+        ("10.0.0.0/16", "10.0.0.5", "6.6.6.6, 203.0.113.9", "203.0.113.9"),  # a forged entry further left
+        ("10.0.0.0/16, 10.1.0.0/16", "10.0.0.5", "203.0.113.9, 10.1.0.8", "203.0.113.9"),  # two proxies
+        ("10.0.0.0/16", "10.0.0.5", "10.0.3.3", "10.0.3.3"),  # every hop trusted: the leftmost
+        ("*", "198.51.100.7", "203.0.113.9", "203.0.113.9"),
+        ("10.0.0.0/16", "10.0.0.5", None, "10.0.0.5"),
+        ("::1", "::1", "2001:db8::1", "2001:db8::1"),
+    ],
+)
+def test_client_ip_comes_from_x_forwarded_for_only_through_trusted_proxies(
+    trusted: str, peer: str, forwarded_for: str | None, client: str
+) -> None:
+    assert TrustedProxies(trusted).client_ip(peer, forwarded_for) == client
+
+
+def test_trusted_proxies_setting_is_checked_and_normalised() -> None:
+    assert Settings(trusted_proxies=" 10.0.0.7/16 ,127.0.0.1").trusted_proxies == "10.0.0.0/16,127.0.0.1"
+    with pytest.raises(ValidationError, match="not an IP address"):
+        Settings(trusted_proxies="10.0.0.0/16, alb.internal")
+
+
+@pytest.mark.parametrize(
+    ("statement", "operation"),
+    [
+        ("SELECT productos.id FROM productos", "SELECT"),
+        ("\n  insert into productos (nombre) VALUES ($1)", "INSERT"),
+        ("(SELECT 1) UNION (SELECT 2)", "SELECT"),
+        ("WITH x AS (SELECT 1) SELECT * FROM x", "WITH"),
+        ("update productos set stock = 1", "UPDATE"),
+        ("DELETE FROM productos", "DELETE"),
+        ("GRANT ALL ON productos TO someone", "OTHER"),
+        ("", "OTHER"),
+    ],
+)
+def test_operation_name(statement: str, operation: str) -> None:
+    assert operation_name(statement) == operation
+
+
+def test_log_lines_carry_the_current_span_and_x_ray_style_ids() -> None:
+    formatter = JsonFormatter()
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, "hello", None, None)
+    record.color_message = "\x1b[36mhello\x1b[0m"
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("test")
+    outside = json.loads(formatter.format(record))
+    assert "trace_id" not in outside and "color_message" not in outside
+    with tracer.start_as_current_span("work") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        line = json.loads(formatter.format(record))
+        set_xray_trace_ids(True)
+        try:
+            xray_line = json.loads(formatter.format(record))
+        finally:
+            set_xray_trace_ids(False)
+    assert line["trace_id"] == trace_id and line["span_id"] == format(span.get_span_context().span_id, "016x")
+    assert "xray_trace_id" not in line
+    assert xray_line["xray_trace_id"] == f"1-{trace_id[:8]}-{trace_id[8:]}"
+    assert line["pid"] == record.process
+
+
+def test_log_level_applies_to_productos_gunicorn_and_uvicorn() -> None:
+    config = logging_config("warning")
+    assert config["root"]["level"] == "WARNING"
+    assert {config["loggers"][name]["level"] for name in ("gunicorn.error", "uvicorn", "uvicorn.error")} == {
+        "WARNING"
+    }
+
+
+def test_exporter_is_otlp_when_an_endpoint_is_configured_else_none() -> None:
+    assert exporter_kind(Settings()) == "none"
+    assert exporter_kind(Settings(otel_exporter_otlp_endpoint="http://collector:4318")) == "otlp"
+    assert exporter_kind(Settings(otel_exporter_otlp_endpoint="http://c:4318", otel_exporter="none")) == "none"
+
+
+def test_tracing_without_an_exporter_makes_trace_ids_but_records_nothing() -> None:
+    telemetry = build_telemetry(Settings(metrics_enabled=False))
+    assert telemetry.metrics is None and telemetry.tracing is not None
+    span = telemetry.tracing.tracer.start_span("GET")
+    assert span.get_span_context().is_valid and not span.is_recording()
+    telemetry.shutdown()
+
+
+def test_everything_off() -> None:
+    telemetry = build_telemetry(Settings(metrics_enabled=False, tracing_enabled=False))
+    assert telemetry.metrics is None and telemetry.tracing is None
