@@ -102,6 +102,33 @@ class Settings(BaseSettings):
     xray: bool = Field(False, **_env("PRODUCTOS_XRAY"))
     trusted_proxies: str = Field("", **_env("PRODUCTOS_TRUSTED_PROXIES"))
 
+    # CloudWatch metrics publishing (one publisher per instance): see productos.observability.publishing
+    metrics_publisher: Literal["none", "cloudwatch", "emf"] = Field(
+        "none", **_env("PRODUCTOS_METRICS_PUBLISHER")
+    )
+    cloudwatch_namespace: str = Field(
+        "Productos", **_env("PRODUCTOS_CLOUDWATCH_NAMESPACE"), min_length=1, max_length=255
+    )
+    metrics_interval: int = Field(60, **_env("PRODUCTOS_METRICS_INTERVAL"), ge=1, le=60)
+    asg_name: str | None = Field(None, **_env("PRODUCTOS_ASG_NAME"))
+
+    @field_validator("metrics_publisher", mode="before")
+    @classmethod
+    def _lower_publisher(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("asg_name", mode="before")
+    @classmethod
+    def _blank_asg_is_unset(cls, value: Any) -> Any:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("cloudwatch_namespace")
+    @classmethod
+    def _custom_namespace(cls, value: str) -> str:
+        if value.startswith("AWS/"):
+            raise ValueError("AWS/ namespaces are AWS's own: choose another, for example Productos")
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, value: str) -> str:
