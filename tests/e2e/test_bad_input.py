@@ -17,8 +17,9 @@ VALID = {"nombre": "Mesa", "precio": 19.99}
 
 def assert_validation_error(response: httpx.Response, *, max_size: int = 2000) -> list[dict[str, Any]]:
     """FastAPI's 422 ``detail`` list of ``{loc, msg, type}``, without ``input`` or ``ctx``, and small."""
-    assert response.status_code == 422, response.text
-    assert len(response.content) <= max_size
+    where = f"{response.request.method} {response.request.url.path}"
+    assert response.status_code == 422, (where, response.text)
+    assert len(response.content) <= max_size, where
     detail: list[dict[str, Any]] = response.json()["detail"]
     assert isinstance(detail, list) and detail
     for error in detail:
@@ -42,19 +43,23 @@ async def send(client: httpx.AsyncClient, method: str, pid: int, content: bytes)
 # --- malformed JSON --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+WRITES = ("POST", "PUT", "PATCH")
+
+
 @pytest.mark.parametrize(
     "content", [b'{"nombre": ', b"not json", b'{"nombre":"x","precio":1,}', b"{'a': 1}", b"\x00"]
 )
-async def test_invalid_json_is_422(client: httpx.AsyncClient, pid: int, method: str, content: bytes) -> None:
-    detail = assert_validation_error(await send(client, method, pid, content))
-    assert detail[0]["type"] == "json_invalid"
+async def test_invalid_json_is_422(client: httpx.AsyncClient, pid: int, content: bytes) -> None:
+    for method in WRITES:
+        detail = assert_validation_error(await send(client, method, pid, content))
+        assert detail[0]["type"] == "json_invalid"
     assert (await client.get(f"/productos/{pid}")).json()["stock"] == 1
+    assert len((await client.get("/productos")).json()) == 1
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT"])
-async def test_missing_body_is_422(client: httpx.AsyncClient, pid: int, method: str) -> None:
-    assert_validation_error(await send(client, method, pid, b""))
+async def test_missing_body_is_422(client: httpx.AsyncClient, pid: int) -> None:
+    for method in ("POST", "PUT"):
+        assert_validation_error(await send(client, method, pid, b""))
 
 
 async def test_undecodable_body_is_a_client_error(client: httpx.AsyncClient) -> None:
@@ -141,22 +146,29 @@ async def test_invalid_content_length_is_400(make_client: ClientFactory) -> None
 # --- ids -------------------------------------------------------------------------------------------------
 
 
+async def by_id(client: httpx.AsyncClient, producto_id: str) -> list[httpx.Response]:
+    """GET, PUT, PATCH and DELETE of ``/productos/{producto_id}`` (with a valid body where one is needed)."""
+    path = f"/productos/{producto_id}"
+    return [
+        await client.get(path),
+        await client.put(path, json=VALID),
+        await client.patch(path, json=VALID),
+        await client.delete(path),
+    ]
+
+
 @pytest.mark.parametrize("bad_id", [str(2**63), str(2**64), str(10**30), "-1", "0", f"-{2**63}"])
-@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
-async def test_ids_out_of_range_are_404(client: httpx.AsyncClient, method: str, bad_id: str) -> None:
-    kwargs: dict[str, Any] = {"json": VALID} if method in {"PUT", "PATCH"} else {}
-    response = await client.request(method, f"/productos/{bad_id}", **kwargs)
-    assert response.status_code == 404
-    assert set(response.json()) == {"detail"}
+async def test_ids_out_of_range_are_404(client: httpx.AsyncClient, bad_id: str) -> None:
+    for response in await by_id(client, bad_id):
+        assert response.status_code == 404, (response.request.method, response.text)
+        assert set(response.json()) == {"detail"}
 
 
 @pytest.mark.parametrize("bad_id", ["abc", "1.5", "1e3", "0x10", "%20", "\u0661"])
-@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
-async def test_non_integer_ids_are_422(client: httpx.AsyncClient, method: str, bad_id: str) -> None:
-    kwargs: dict[str, Any] = {"json": VALID} if method in {"PUT", "PATCH"} else {}
-    response = await client.request(method, f"/productos/{bad_id}", **kwargs)
-    detail = assert_validation_error(response)
-    assert detail[0]["loc"] == ["path", "producto_id"]
+async def test_non_integer_ids_are_422(client: httpx.AsyncClient, bad_id: str) -> None:
+    for response in await by_id(client, bad_id):
+        detail = assert_validation_error(response)
+        assert detail[0]["loc"] == ["path", "producto_id"]
 
 
 async def test_absurdly_long_id_is_not_a_server_error(client: httpx.AsyncClient) -> None:
@@ -183,17 +195,17 @@ BAD_PRECIOS = [
 ]
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
 @pytest.mark.parametrize("literal", BAD_PRECIOS)
-async def test_bad_precio_is_422_without_echo(
-    client: httpx.AsyncClient, pid: int, method: str, literal: str
-) -> None:
+async def test_bad_precio_is_422_without_echo(client: httpx.AsyncClient, pid: int, literal: str) -> None:
     content = b'{"nombre":"Mesa","precio":' + literal.encode() + b"}"
-    detail = assert_validation_error(await send(client, method, pid, content))
-    assert any(error["loc"] == ["body", "precio"] for error in detail)
-    if len(literal) > 2:
-        assert literal not in (await send(client, method, pid, content)).text
+    for method in WRITES:
+        response = await send(client, method, pid, content)
+        detail = assert_validation_error(response)
+        assert any(error["loc"] == ["body", "precio"] for error in detail), method
+        if len(literal) > 2:
+            assert literal not in response.text, method
     assert (await client.get(f"/productos/{pid}")).json()["precio"] == VALID["precio"]
+    assert len((await client.get("/productos")).json()) == 1
 
 
 @pytest.mark.parametrize(
@@ -207,20 +219,20 @@ async def test_precio_of_the_wrong_type_is_422(client: httpx.AsyncClient, litera
 # --- nombre, descripcion, stock --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
-async def test_nombre_of_201_characters_is_422(client: httpx.AsyncClient, pid: int, method: str) -> None:
-    ok = await send(client, method, pid, b'{"nombre":"' + b"n" * 200 + b'","precio":1}')
-    assert ok.status_code in {200, 201}
-    response = await send(client, method, pid, b'{"nombre":"' + b"n" * 201 + b'","precio":1}')
-    detail = assert_validation_error(response)
-    assert detail[0]["loc"] == ["body", "nombre"]
+async def test_nombre_of_201_characters_is_422(client: httpx.AsyncClient, pid: int) -> None:
+    for method in WRITES:
+        ok = await send(client, method, pid, b'{"nombre":"' + b"n" * 200 + b'","precio":1}')
+        assert ok.status_code in {200, 201}, method
+        response = await send(client, method, pid, b'{"nombre":"' + b"n" * 201 + b'","precio":1}')
+        detail = assert_validation_error(response)
+        assert detail[0]["loc"] == ["body", "nombre"]
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
-async def test_huge_nombre_gets_a_small_422(client: httpx.AsyncClient, pid: int, method: str) -> None:
-    response = await send(client, method, pid, b'{"nombre":"' + b"n" * 10_000 + b'","precio":1}')
-    assert_validation_error(response, max_size=500)
-    assert "nnnnnnnnnn" not in response.text
+async def test_huge_nombre_gets_a_small_422(client: httpx.AsyncClient, pid: int) -> None:
+    for method in WRITES:
+        response = await send(client, method, pid, b'{"nombre":"' + b"n" * 10_000 + b'","precio":1}')
+        assert_validation_error(response, max_size=500)
+        assert "nnnnnnnnnn" not in response.text, method
 
 
 async def test_huge_descripcion_gets_a_small_422(client: httpx.AsyncClient) -> None:
