@@ -29,6 +29,7 @@ logger = logging.getLogger("productos.settings")
 
 CURRENT = "AWSCURRENT"
 PENDING = "AWSPENDING"
+PREVIOUS = "AWSPREVIOUS"
 _RDS_KEYS = frozenset(
     {
         "username",
@@ -125,11 +126,14 @@ class SecretsManagerSource:
             logger.warning("secret refresh failed; keeping the cached version", extra={"error": str(exc)})
             return cached[0]
 
-    async def pending(self, since: float) -> dict[str, Any] | None:
-        """The ``AWSPENDING`` version (read at ``since`` or later) during a rotation, else ``None``."""
+    async def version(self, stage: str, since: float) -> dict[str, Any] | None:
+        """The version labelled ``stage`` (``AWSCURRENT``, ``AWSPENDING``...), read at ``since`` or later;
+        ``None`` when there is none."""
         try:
-            return await self.read_since(since, stage=PENDING)
-        except ConfigurationError:
+            return await self.read_since(since, stage=stage)
+        except ConfigurationError as exc:
+            if stage == CURRENT:
+                logger.warning("could not read the secret again", extra={"error": str(exc)})
             return None
 
     async def keep_fresh(self) -> None:
@@ -261,8 +265,10 @@ class SecretDatabaseCredentials:
     """New connections log in with the credentials of the secret's current version.
 
     The secret is cached for its TTL and refreshed in the background. When the server refuses a login, the
-    current version is read again (once) and, while a rotation is under way, the ``AWSPENDING`` version is
-    tried too: the rotation function sets the new password in the database before it promotes that version.
+    secret is read again, once, and its current, pending and previous versions are tried in that order: a
+    rotation function sets the new password in the database before it promotes the ``AWSPENDING`` version, and
+    a person may update the secret before the database (``AWSPREVIOUS`` still works there). The refused login
+    is tried last once more, in case the database changed while it was on its way.
     """
 
     def __init__(self, source: SecretsManagerSource) -> None:
@@ -278,24 +284,23 @@ class SecretDatabaseCredentials:
         return credentials
 
     async def after_auth_failure(self, failed: DatabaseCredentials) -> Sequence[DatabaseCredentials]:
-        candidates: list[DatabaseCredentials] = []
         since = self.source.clock()
-        try:
-            current = credentials_from(await self.source.read_since(since))
-        except ConfigurationError as exc:
-            logger.warning("could not re-read the secret after a refused login", extra={"error": str(exc)})
-            current = None
-        if current is not None and current != failed:
-            candidates.append(current)
-        pending_secret = await self.source.pending(since)
-        pending = credentials_from(pending_secret) if pending_secret is not None else None
-        if pending is not None and pending != failed and pending not in candidates:
-            candidates.append(pending)
+        current, pending, previous = await asyncio.gather(
+            self.source.version(CURRENT, since),
+            self.source.version(PENDING, since),
+            self.source.version(PREVIOUS, since),
+        )
+        candidates: list[DatabaseCredentials] = []
+        for secret in (current, pending, previous):
+            credentials = credentials_from(secret) if secret is not None else None
+            if credentials is not None and credentials != failed and credentials not in candidates:
+                candidates.append(credentials)
         logger.info(
-            "database login refused; retrying with the secret re-read",
+            "database login refused; retrying with the secret read again",
             extra={"secret_id": self.source.secret_id, "candidates": len(candidates)},
         )
-        return candidates
+        # Last, the refused login again: the database may have changed its password while this one was sent.
+        return [*candidates, failed]
 
 
 def supplies_login(secret: Mapping[str, Any], *, user: str | None, password: str | None) -> bool:
