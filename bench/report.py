@@ -33,6 +33,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
             "p99_ms": round(statistics.median(p99), 2) if p99 else None,
             "p99_max_ms": max(p99) if p99 else None,
             "errors": sum(r["errors"] for r in group),
+            "restarts": sum(1 for r in group if r.get("restarted_before")),
             "requests": sum(r["requests"] for r in group),
             "runs": len(group),
             "note": group[0].get("note", ""),
@@ -162,17 +163,19 @@ def markdown(result: dict[str, Any]) -> str:
             if not cells:
                 continue
             row = []
-            errors = 0
+            errors = restarts = 0
             for c in map(str, connections):
                 cell = cells.get(c)
                 if cell is None:
                     row.append("— | — | —")
                     continue
                 errors += cell["errors"]
+                restarts += cell.get("restarts", 0)
                 row.append(f"{_fmt_rps(cell['rps'])} | {_fmt_ms(cell['p50_ms'])} | {_fmt_ms(cell['p99_ms'])}")
             note = next((cell["note"] for cell in cells.values() if cell.get("note")), "")
             name = f"{key} {names[key]}" + (f" ({note})" if note else "")
-            lines.append(f"| {SCENARIO_TITLES[scenario]} | {name} | " + " | ".join(row) + f" | {errors} |")
+            flagged = f"{errors:,}" + (f" ({restarts} restarts: stalled before)" if restarts else "")
+            lines.append(f"| {SCENARIO_TITLES[scenario]} | {name} | " + " | ".join(row) + f" | {flagged} |")
     for one in result.get("all_rows", []):
         outcome = (
             f"HTTP {one['status']}, {one.get('bytes', 0) / 1e6:,.0f} MB in {one['seconds']:.1f} s"

@@ -119,10 +119,22 @@ def session(
         run_wrk(server.base_url, scenarios[0], min(args.connections), args.warmup)
         for scenario in scenarios:
             for connections in args.connections:
+                restarted = not server.healthy()
+                if restarted:
+                    # A stall left by the previous run (the original app's event-loop-blocking pool) must not
+                    # be charged to this one: start afresh, and say so.
+                    log(
+                        f"  {contender.key} {contender.name}: unresponsive after the previous run; restarting"
+                    )
+                    server.restart()
+                    result["restarts"].append({
+                        "round": round_no, "contender": contender.key, "before": scenario.key,
+                        "connections": connections,
+                    })  # fmt: skip
                 r = run_wrk(server.base_url, scenario, connections, args.duration)
                 result["runs"].append({
                     "round": round_no, "contender": contender.key, "scenario": scenario.key,
-                    "note": scenario.note, **r.as_dict(),
+                    "note": scenario.note, "restarted_before": restarted, **r.as_dict(),
                 })  # fmt: skip
                 log(
                     f"  {contender.key} {contender.name:16} {scenario.key:14} c{connections:<3} "
@@ -159,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for k in order
             },
         },
-        "runs": [], "rss": [], "all_rows": [],
+        "runs": [], "rss": [], "all_rows": [], "restarts": [],
     }  # fmt: skip
     log(f"logs in {workdir}; seeding {SMALL_ROWS:,} and {args.deep_rows:,} rows")
     with ExitStack() as stack:
