@@ -69,4 +69,5 @@ productos_table = Table(
     Column("version", Integer(), nullable=False, default=1),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    sqlite_autoincrement=True,
 )

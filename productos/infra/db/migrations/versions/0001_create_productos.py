@@ -38,6 +38,8 @@ def upgrade() -> None:
         sa.CheckConstraint("char_length(nombre) > 0", name="ck_productos_nombre_not_empty").ddl_if(
             dialect="postgresql"
         ),
+        # Ids of deleted rows are never handed out again (a stale id or ETag must not address another product).
+        sqlite_autoincrement=True,
     )
 
 
