@@ -25,6 +25,7 @@ from productos.infra.db.engine import create_engine
 from productos.infra.db.migrate import upgrade_to_head
 from productos.infra.db.repository import SqlAlchemyHealthProbe, SqlAlchemyUnitOfWorkFactory
 from productos.infra.db.url import parse_database_url
+from productos.observability.publishing import open_metrics_publishing
 from productos.services.productos import ProductService
 from productos.settings import Settings, open_settings
 
@@ -84,6 +85,8 @@ async def open_container(
         if settings.should_migrate_on_start:
             await upgrade_to_head(engine)
         uow_factory = SqlAlchemyUnitOfWorkFactory(engine, acquire_timeout=settings.db_pool_timeout)
+        # PRODUCTOS_METRICS_PUBLISHER: one worker per instance publishes; its final flush precedes disposal.
+        await stack.enter_async_context(open_metrics_publishing(settings, aws=aws))
         yield Container(
             settings=settings,
             engine=engine,
