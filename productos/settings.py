@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(20, **_env("DB_MAX_OVERFLOW"), ge=0, le=1000)
     db_pool_timeout: float = Field(3.0, **_env("DB_POOL_TIMEOUT"), gt=0, le=300)
     db_pool_recycle: int = Field(3600, **_env("DB_POOL_RECYCLE"), ge=-1)
+    #: Pre-ping a pooled connection when it has been idle this long (seconds); 0 pings on every checkout.
+    db_pool_pre_ping_idle: float = Field(1.0, **_env("DB_POOL_PRE_PING_IDLE"), ge=0, le=3600)
     db_connect_timeout: float = Field(3.0, **_env("DB_CONNECT_TIMEOUT"), gt=0, le=300)
     db_statement_timeout: float = Field(5.0, **_env("DB_STATEMENT_TIMEOUT"), gt=0, le=3600)
 

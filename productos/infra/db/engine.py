@@ -15,6 +15,7 @@ from sqlalchemy.pool import StaticPool
 
 from productos.domain.errors import ConfigurationError
 from productos.domain.settings_ports import DatabaseCredentials, DatabaseCredentialsProvider
+from productos.infra.db.pool import install_idle_pre_ping
 from productos.infra.db.url import DatabaseTarget, parse_database_url
 from productos.settings import Settings
 
@@ -122,17 +123,21 @@ def _postgres_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:
     server_settings["statement_timeout"] = str(statement_ms)
     server_settings["idle_in_transaction_session_timeout"] = str(max(statement_ms * 2, 10_000))
     connect_args["server_settings"] = server_settings
-    return create_async_engine(
+    engine = create_async_engine(
         target.url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=True,
+        # Pre-ping, but only of connections that sat idle (see pool.install_idle_pre_ping): under load a
+        # checkout costs no extra round trip.
+        pool_pre_ping=False,
         pool_use_lifo=True,
         isolation_level=POOL_ISOLATION,
         connect_args=connect_args,
     )
+    install_idle_pre_ping(engine, settings.db_pool_pre_ping_idle)
+    return engine
 
 
 def _sqlite_engine(target: DatabaseTarget) -> AsyncEngine:

@@ -1,0 +1,93 @@
+"""Idle-only pre-ping: stale pooled connections are replaced unseen; busy ones cost no extra round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from productos.domain.errors import DatabaseUnavailableError
+from productos.domain.models import NewProducto
+from productos.infra.db.engine import create_engine
+from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.postgres
+
+
+APPLICATION = "productos-preping-test"
+
+
+async def _terminate_our_backends(postgres_url: str) -> int:
+    """Kill this test's engine's connections (found by application_name), as a failover would."""
+    conn = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", APPLICATION
+        )
+        return len(rows)
+    finally:
+        await conn.close()
+
+
+async def _factory(postgres_url: str, idle: float) -> tuple[list[str], SqlAlchemyUnitOfWorkFactory]:
+    engine = create_engine(make_settings(postgres_url, db_pool_pre_ping_idle=idle, service_name=APPLICATION))
+    pings: list[str] = []
+
+    original_ping = engine.sync_engine.dialect.do_ping
+
+    def counting_ping(dbapi_connection: object) -> bool:
+        pings.append("ping")
+        return bool(original_ping(dbapi_connection))
+
+    engine.sync_engine.dialect.do_ping = counting_ping  # type: ignore[method-assign]
+    return pings, SqlAlchemyUnitOfWorkFactory(engine)
+
+
+async def test_busy_connections_are_not_pinged_idle_ones_are(clean_postgres: str) -> None:
+    pings, factory = await _factory(clean_postgres, idle=0.5)
+    try:
+        async with factory() as uow:
+            created = await uow.productos.add(NewProducto(nombre="p", precio=Decimal("1.00")))
+            await uow.commit()
+        for _ in range(20):
+            async with factory(read_only=True) as uow:
+                assert await uow.productos.get(created.id) is not None
+        assert pings == []  # reused within 0.5 s: no ping
+        await asyncio.sleep(0.6)
+        async with factory(read_only=True) as uow:
+            assert await uow.productos.get(created.id) is not None
+        assert pings == ["ping"]
+    finally:
+        await factory.engine.dispose()
+
+
+async def test_a_stale_idle_connection_is_replaced_without_an_error(clean_postgres: str) -> None:
+    _, factory = await _factory(clean_postgres, idle=0.2)
+    try:
+        async with factory(read_only=True) as uow:
+            await uow.productos.list(limit=1)
+        assert await _terminate_our_backends(clean_postgres) >= 1  # a failover, a restart, an idle-timeout
+        await asyncio.sleep(0.3)
+        async with factory(read_only=True) as uow:
+            assert await uow.productos.list(limit=1) == []
+    finally:
+        await factory.engine.dispose()
+
+
+async def test_a_connection_killed_while_busy_fails_once_then_the_pool_recovers(clean_postgres: str) -> None:
+    _, factory = await _factory(clean_postgres, idle=3600)
+    try:
+        for _ in range(3):
+            async with factory(read_only=True) as uow:
+                await uow.productos.list(limit=1)
+        await _terminate_our_backends(clean_postgres)
+        with pytest.raises(DatabaseUnavailableError):
+            async with factory(read_only=True) as uow:
+                await uow.productos.list(limit=1)
+        async with factory(read_only=True) as uow:
+            assert await uow.productos.list(limit=1) == []
+    finally:
+        await factory.engine.dispose()
