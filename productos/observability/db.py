@@ -9,7 +9,8 @@
   without a matching checkout (a checkout that failed) cannot make the counts drift.
 - ``db.client.connection.pending_requests``, ``.wait_time`` and ``.timeouts``: timed around the pool's
   ``connect()``, which SQLAlchemy has no event for. The wait covers the queue, the pre-ping and the login of
-  a new connection: all the time a caller waits for a usable connection.
+  a new connection: all the time a caller waits for a usable connection. A caller is pending while it waits
+  with no idle connection there for it (for one to be returned, or opened).
 """
 
 from __future__ import annotations
@@ -161,7 +162,10 @@ def _time_acquisitions(pool: Pool, instruments: PoolInstruments) -> None:
 
     class TimedPool(base):  # type: ignore[valid-type, misc]
         def connect(self) -> Any:
-            instruments.pending(1)
+            # Pending: a caller for whom no idle connection was there, waiting for one to come back or open.
+            pending = not (isinstance(self, QueuePool) and self.checkedin())
+            if pending:
+                instruments.pending(1)
             started = time.perf_counter_ns()
             try:
                 return super().connect()
@@ -169,7 +173,8 @@ def _time_acquisitions(pool: Pool, instruments: PoolInstruments) -> None:
                 instruments.timed_out()
                 raise
             finally:
-                instruments.pending(-1)
+                if pending:
+                    instruments.pending(-1)
                 instruments.waited((time.perf_counter_ns() - started) / 1e9)
 
     TimedPool.__name__ = TimedPool.__qualname__ = f"Timed{base.__name__}"

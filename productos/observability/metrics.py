@@ -72,12 +72,28 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
+_pid = os.getpid()
+
+
+def _remember_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_remember_pid)
+
+
+def _process_id() -> int:
+    return _pid
+
+
 def _use_multiprocess_values_if_configured() -> None:
     # prometheus-client picks its value class when it is first imported. If something imported it in
     # gunicorn's master before ``on_starting`` set the directory, the workers inherited the single-process
-    # class: pick again, now that the variable is set, before any metric of ours exists.
+    # class: pick again, now that the variable is set, before any metric of ours exists. The process id
+    # comes from a variable kept current across forks, not from a getpid() call on every write.
     if multiprocess_dir() is not None and not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        values.ValueClass = values.MultiProcessValue(_process_id)  # type: ignore[no-untyped-call]
 
 
 class PoolInstruments:

@@ -64,7 +64,12 @@ class PoolView:
 async def test_pool_gauges_follow_the_pools_events(postgres_url: str) -> None:
     name = f"productos-pool-{uuid.uuid4().hex[:8]}"
     settings = make_settings(
-        postgres_url, db_pool_size=2, db_max_overflow=1, db_pool_timeout=0.3, service_name=name
+        postgres_url,
+        db_pool_size=2,
+        db_max_overflow=1,
+        db_pool_timeout=0.3,
+        db_pool_pre_ping_idle=0,  # ping every checkout: the dead connection below is found on checkout
+        service_name=name,
     )
     engine = create_engine(settings)
     metrics = Metrics()
