@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="diagnose configuration and database reachability")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(handler=_check)
+
+    from productos.aws_cli import register as register_aws
+
+    register_aws(commands)
     return parser
 
 

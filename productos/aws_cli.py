@@ -1,0 +1,197 @@
+"""``productos aws``: the guide's scaling policies, alarms and dashboard, printed as JSON or applied.
+
+``productos aws scaling-policies|alarms|dashboard [--apply]``. The JSON printed is the exact request each
+resource is created with (``PutScalingPolicy``, ``PutMetricAlarm``, ``PutDashboard``; the dashboard's body
+as an object); ``--apply`` sends those requests through aioboto3 and prints the same JSON. The requests come
+from ``productos.infra.aws.resources``.
+
+Names come from options, else from the environment: ``--asg-name`` (``PRODUCTOS_ASG_NAME``), ``--namespace``
+(``PRODUCTOS_CLOUDWATCH_NAMESPACE``), ``--alb`` (``PRODUCTOS_ALB``), ``--target-group``
+(``PRODUCTOS_TARGET_GROUP``), ``--db-instance`` (``PRODUCTOS_DB_INSTANCE``), ``--api-id``
+(``PRODUCTOS_API_ID``) or ``--api-name`` (``PRODUCTOS_API_NAME``), ``--api-stage``, ``--region``
+(``AWS_REGION``). The ALB and the target group may be given by name (looked up with
+``elasticloadbalancing:DescribeLoadBalancers``/``DescribeTargetGroups``), by ARN, or by ARN suffix
+(``app/<name>/<id>``, ``targetgroup/<name>/<id>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from productos.domain.errors import ConfigurationError
+
+COMMANDS = {
+    "scaling-policies": "target-tracking policies: CPU 70 %, ALB requests per target 1000, DB pool 80 %",
+    "alarms": "alarms: ALB 5XX, RDS CPU, unhealthy hosts, API Gateway 4XX rate",
+    "dashboard": "the CloudWatch dashboard: API Gateway, ALB, ASG, RDS and the service's own metrics",
+}
+
+
+def register(commands: Any) -> None:
+    """Add ``aws`` and its subcommands to the ``productos`` parser (``argparse`` subparsers)."""
+    aws = commands.add_parser(
+        "aws", help="scaling policies, alarms and dashboard for CloudWatch / Auto Scaling"
+    )
+    kinds = aws.add_subparsers(dest="aws_command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name, help_text in COMMANDS.items():
+        command = kinds.add_parser(name, help=help_text, description=help_text)
+        _options(command)
+        command.set_defaults(handler=_handle)
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--apply", action="store_true", help="create or update them in AWS (through aioboto3)"
+    )
+    parser.add_argument("--asg-name", help="the Auto Scaling group (PRODUCTOS_ASG_NAME)")
+    parser.add_argument("--namespace", help="the custom metrics' namespace (PRODUCTOS_CLOUDWATCH_NAMESPACE)")
+    parser.add_argument("--alb", default=env("PRODUCTOS_ALB"), help="the ALB: name, ARN or app/<name>/<id>")
+    parser.add_argument(
+        "--target-group",
+        default=env("PRODUCTOS_TARGET_GROUP"),
+        help="the ASG's target group: name, ARN or targetgroup/<name>/<id>",
+    )
+    parser.add_argument(
+        "--db-instance", default=env("PRODUCTOS_DB_INSTANCE"), help="the RDS instance identifier"
+    )
+    api = parser.add_mutually_exclusive_group()
+    api.add_argument("--api-id", default=env("PRODUCTOS_API_ID"), help="an API Gateway HTTP API's id")
+    api.add_argument("--api-name", default=env("PRODUCTOS_API_NAME"), help="an API Gateway REST API's name")
+    parser.add_argument(
+        "--api-stage", default=env("PRODUCTOS_API_STAGE"), help="the API's stage, if per stage"
+    )
+    parser.add_argument("--region", help="the region (AWS_REGION)")
+    parser.add_argument(
+        "--prefix", help="names start with it (default: PRODUCTOS_SERVICE_NAME, productos-api)"
+    )
+    parser.add_argument(
+        "--alarm-action", action="append", default=[], help="an ARN to notify (an SNS topic); repeatable"
+    )
+
+
+def _handle(args: argparse.Namespace) -> int:
+    return asyncio.run(run(args, out=sys.stdout, err=sys.stderr))
+
+
+async def run(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
+    """Build the requests of ``args.aws_command``, print them, and send them with ``--apply``."""
+    from productos.infra.aws import resources
+    from productos.infra.aws.clients import AwsClients
+    from productos.settings import Settings
+
+    settings = Settings()
+    region = args.region or settings.aws_region
+    if args.api_id and args.api_name:
+        raise ConfigurationError("give --api-id (an HTTP API) or --api-name (a REST API), not both")
+    asg_name = args.asg_name or settings.asg_name
+    if not asg_name:
+        raise ConfigurationError("no Auto Scaling group: give --asg-name or set PRODUCTOS_ASG_NAME")
+    if (args.apply or args.aws_command == "dashboard") and not region:
+        raise ConfigurationError("no region: give --region or set AWS_REGION")
+    async with AwsClients.from_settings(settings.model_copy(update={"aws_region": region})) as aws:
+        load_balancer = await _load_balancer(aws, args.alb) if args.alb else None
+        target_group = await _target_group(aws, args.target_group) if args.target_group else None
+        try:
+            deployment = resources.Deployment(
+                asg_name=asg_name,
+                namespace=args.namespace or settings.cloudwatch_namespace,
+                load_balancer=load_balancer,
+                target_group=target_group,
+                db_instance=args.db_instance,
+                api_id=args.api_id,
+                api_name=args.api_name,
+                api_stage=args.api_stage,
+                region=region or "us-east-1",
+                prefix=args.prefix or settings.service_name,
+                alarm_actions=tuple(args.alarm_action),
+            )
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        requests: Any
+        if args.aws_command == "scaling-policies":
+            requests = resources.scaling_policies(deployment)
+        elif args.aws_command == "alarms":
+            requests = resources.alarms(deployment)
+        else:
+            requests = resources.dashboard(deployment)
+        for note in resources.missing(deployment, args.aws_command):
+            print(f"left out: {note}", file=err)
+        if args.apply:
+            await _apply(aws, args.aws_command, requests, err)
+    json.dump(requests, out, indent=2)
+    out.write("\n")
+    return 0
+
+
+async def _apply(aws: Any, command: str, requests: Any, err: TextIO) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        if command == "scaling-policies":
+            autoscaling = await aws.client("autoscaling")
+            for request in requests:
+                await autoscaling.put_scaling_policy(**request)
+                print(f"applied scaling policy {request['PolicyName']}", file=err)
+        elif command == "alarms":
+            cloudwatch = await aws.client("cloudwatch")
+            for request in requests:
+                await cloudwatch.put_metric_alarm(**request)
+                print(f"applied alarm {request['AlarmName']}", file=err)
+        else:
+            cloudwatch = await aws.client("cloudwatch")
+            answer = await cloudwatch.put_dashboard(
+                DashboardName=requests["DashboardName"], DashboardBody=json.dumps(requests["DashboardBody"])
+            )
+            for problem in answer.get("DashboardValidationMessages", []):
+                print(f"dashboard: {problem.get('DataPath', '')}: {problem.get('Message', '')}", file=err)
+            print(f"applied dashboard {requests['DashboardName']}", file=err)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise ConfigurationError(
+            f"AWS refused {exc.operation_name}: {error.get('Code', 'Unknown')}: {error.get('Message', '')}"
+        ) from exc
+    except BotoCoreError as exc:
+        raise ConfigurationError(
+            f"cannot reach AWS ({type(exc).__name__}): check AWS_REGION and credentials"
+        ) from exc
+
+
+async def _load_balancer(aws: Any, value: str) -> str:
+    """The ALB's ARN suffix (``app/<name>/<id>``) from a name, an ARN or the suffix itself."""
+    if value.startswith(("app/", "net/")):
+        return value
+    if value.startswith("arn:"):
+        return value.split(":loadbalancer/", 1)[-1]
+    elbv2 = await aws.client("elbv2")
+    try:
+        found = await elbv2.describe_load_balancers(Names=[value])
+    except Exception as exc:
+        raise ConfigurationError(f"cannot find the load balancer {value!r} ({_code(exc)})") from exc
+    return str(found["LoadBalancers"][0]["LoadBalancerArn"]).split(":loadbalancer/", 1)[-1]
+
+
+async def _target_group(aws: Any, value: str) -> str:
+    """The target group's ARN suffix (``targetgroup/<name>/<id>``) from a name, an ARN or the suffix."""
+    if value.startswith("targetgroup/"):
+        return value
+    if value.startswith("arn:"):
+        return "targetgroup/" + value.split(":targetgroup/", 1)[-1]
+    elbv2 = await aws.client("elbv2")
+    try:
+        found = await elbv2.describe_target_groups(Names=[value])
+    except Exception as exc:
+        raise ConfigurationError(f"cannot find the target group {value!r} ({_code(exc)})") from exc
+    return "targetgroup/" + str(found["TargetGroups"][0]["TargetGroupArn"]).split(":targetgroup/", 1)[-1]
+
+
+def _code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", type(exc).__name__))
+    return type(exc).__name__
