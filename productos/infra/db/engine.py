@@ -94,10 +94,11 @@ def use_credentials(engine: AsyncEngine, provider: DatabaseCredentialsProvider) 
 
 
 def _with(cparams: dict[str, Any], login: DatabaseCredentials) -> dict[str, Any]:
-    cparams["password"] = login.password
+    # A copy: ``cparams`` is the engine's, shared by every connection.
+    params = {**cparams, "password": login.password}
     if login.user:
-        cparams["user"] = login.user
-    return cparams
+        params["user"] = login.user
+    return params
 
 
 def _is_auth_failure(exc: BaseException) -> bool:
