@@ -156,6 +156,28 @@ def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Cont
     }  # fmt: skip
 
 
+def variant(base: Contender, spec: str) -> Contender:
+    """A contender derived from ``base`` by ``NAME:ENV=VALUE,...``; ``APP=module:attr`` swaps the app.
+
+    ``pool30:DB_POOL_SIZE=30,DB_MAX_OVERFLOW=0`` runs productos with other settings;
+    ``asyncdeps:APP=bench.contenders.productos_variants:async_deps`` runs another app object.
+    """
+    name, _, pairs = spec.partition(":")
+    env, app = dict(base.env), base.app
+    for pair in filter(None, pairs.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"variant {spec!r}: expected ENV=VALUE, got {pair!r}")
+        if key == "APP":
+            app = value
+        else:
+            env[key] = value
+    return Contender(
+        name, f"{base.name}+{name}", f"{base.name} with {pairs}",
+        app, base.gunicorn_args, base.small, base.deep, base.deep_all_rows_path, env,
+    )  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -255,6 +277,26 @@ class Server:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def database_sessions(url: str) -> int:
+    """Sessions ever opened on ``url``'s database (pg_stat_database.sessions, flushed about once a second)."""
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def read() -> int:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
 
 
 def child_pids(pid: int) -> list[int]:

@@ -34,6 +34,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
             "p99_max_ms": max(p99) if p99 else None,
             "errors": sum(r["errors"] for r in group),
             "restarts": sum(1 for r in group if r.get("restarted_before")),
+            "db_connections_opened": statistics.median(r.get("db_connections_opened", 0) for r in group),
             "requests": sum(r["requests"] for r in group),
             "runs": len(group),
             "note": group[0].get("note", ""),
@@ -152,10 +153,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "#### Every figure: req/s, p50 and p99 latency (ms), errors (non-2xx/3xx + socket errors)",
         "",
+        "New DB connections: sessions PostgreSQL opened for the contender during one run (median over",
+        "rounds): pool growth plus churn; a pool that keeps its connections opens each one once.",
+        "",
         "| endpoint | contender | "
         + " | ".join(f"c{c} req/s | c{c} p50 | c{c} p99" for c in connections)
-        + " | errors |",
-        "|---|---|" + "---|---|---|" * len(connections) + "---|",
+        + " | errors | new DB connections |",
+        "|---|---|" + "---|---|---|" * len(connections) + "---|---|",
     ]
     for scenario in SCENARIOS:
         for key in meta["order"]:
@@ -175,7 +179,13 @@ def markdown(result: dict[str, Any]) -> str:
             note = next((cell["note"] for cell in cells.values() if cell.get("note")), "")
             name = f"{key} {names[key]}" + (f" ({note})" if note else "")
             flagged = f"{errors:,}" + (f" ({restarts} restarts: stalled before)" if restarts else "")
-            lines.append(f"| {SCENARIO_TITLES[scenario]} | {name} | " + " | ".join(row) + f" | {flagged} |")
+            opened = " / ".join(
+                f"{cells[c].get('db_connections_opened', 0):g}" if c in cells else "—"
+                for c in map(str, connections)
+            )
+            lines.append(
+                f"| {SCENARIO_TITLES[scenario]} | {name} | " + " | ".join(row) + f" | {flagged} | {opened} |"
+            )
     for one in result.get("all_rows", []):
         outcome = (
             f"HTTP {one['status']}, {one.get('bytes', 0) / 1e6:,.0f} MB in {one['seconds']:.1f} s"

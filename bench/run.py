@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,9 +27,11 @@ from bench.harness import (
     Scenario,
     Server,
     contenders,
+    database_sessions,
     machine_info,
     one_request,
     run_wrk,
+    variant,
 )
 
 
@@ -58,6 +61,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--contenders", default="abcde", help="which of a..e to run, in this order (default abcde)"
     )
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:ENV=VALUE,...",
+        help="also run productos with other settings (APP=module:attr: another app), as NAME; repeatable",
+    )
+    parser.add_argument("--scenarios", help="only these scenario keys, comma-separated (default all)")
+    parser.add_argument(
         "--productos-env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE",
         help="environment for productos (a) only, e.g. LOG_LEVEL=warning; repeatable",
     )  # fmt: skip
@@ -77,10 +88,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (1.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else 1.0
     args.connections = [int(c) for c in args.connections.split(",")]
+    args.scenarios = set(args.scenarios.split(",")) if args.scenarios else None
     if args.quick:
         args.no_readme = True
         args.all_rows_timeout = 0
     return args
+
+
+def productos_git_state() -> dict[str, str]:
+    """The commit and the uncommitted changes of productos/ that the run measured (others edit it too)."""
+
+    def git(*cmd: str) -> str:
+        done = subprocess.run(
+            ["git", *cmd], cwd=BENCH_DIR.parent, capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": git("status", "--porcelain", "--", "productos")}
 
 
 def log(message: str) -> None:
@@ -113,6 +137,10 @@ def session(
     args: argparse.Namespace, workdir: Path, result: dict[str, Any],
 ) -> None:  # fmt: skip
     """Start the contender on ``url``, warm it up, run every scenario at every concurrency, record memory."""
+    if args.scenarios:
+        scenarios = [s for s in scenarios if s.key in args.scenarios]
+    if not scenarios:
+        return
     with Server(contender, url, workdir) as server:
         result["meta"]["commands"].setdefault(contender.key, shlex.join(server.command))
         preflight(server, scenarios)
@@ -120,6 +148,7 @@ def session(
         for scenario in scenarios:
             for connections in args.connections:
                 restarted = not server.healthy()
+                sessions_before = database_sessions(url)
                 if restarted:
                     # A stall left by the previous run (the original app's event-loop-blocking pool) must not
                     # be charged to this one: start afresh, and say so.
@@ -132,13 +161,17 @@ def session(
                         "connections": connections,
                     })  # fmt: skip
                 r = run_wrk(server.base_url, scenario, connections, args.duration)
+                time.sleep(1.2)  # backends flush their session counts about once a second
+                opened = database_sessions(url) - sessions_before
                 result["runs"].append({
                     "round": round_no, "contender": contender.key, "scenario": scenario.key,
-                    "note": scenario.note, "restarted_before": restarted, **r.as_dict(),
+                    "note": scenario.note, "restarted_before": restarted, "db_connections_opened": opened,
+                    **r.as_dict(),
                 })  # fmt: skip
                 log(
                     f"  {contender.key} {contender.name:16} {scenario.key:14} c{connections:<3} "
-                    f"{r.rps:9,.1f} req/s  p50 {_ms(r.p50_ms)}  p99 {_ms(r.p99_ms)}  errors {r.errors}"
+                    f"{r.rps:9,.1f} req/s  p50 {_ms(r.p50_ms)}  p99 {_ms(r.p99_ms)}  errors {r.errors}  "
+                    f"new db connections {opened}"
                 )
         result["rss"].append({
             "round": round_no, "contender": contender.key, "session": label,
@@ -150,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     specs = contenders(dict(args.productos_env))
     order = list(args.contenders)
+    for spec in args.variant:
+        derived = variant(specs["a"], spec)
+        specs[derived.key] = derived
+        order.append(derived.key)
     unknown = [k for k in order if k not in specs]
     if unknown:
         raise SystemExit(f"unknown contenders {unknown}: choose from {''.join(specs)}")
@@ -166,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "small_rows": SMALL_ROWS, "deep_rows": args.deep_rows,
             "machine": machine_info(), "postgres": asyncio.run(seed.server_version()),
             "productos_env": dict(args.productos_env), "workdir": str(workdir), "commands": {},
+            "productos_git": productos_git_state(),
             "contenders": {
                 k: {"name": specs[k].name, "description": specs[k].description, "app": specs[k].app}
                 for k in order

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from bench import report, seed
-from bench.harness import Server, contenders, get_scenario, parse_wrk, post_scenario, run_wrk
+from bench.harness import Server, contenders, get_scenario, parse_wrk, post_scenario, run_wrk, variant
 
 ROWS = 30
 
@@ -168,3 +168,16 @@ def test_report_computes_medians_ratios_and_goals(tmp_path: Path) -> None:
 def test_report_draws_the_chart(tmp_path: Path) -> None:
     report.chart(_synthetic_result(tmp_path), tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_variants_derive_from_productos() -> None:
+    base = contenders({"LOG_LEVEL": "info"})["a"]
+    pool = variant(base, "pool30:DB_POOL_SIZE=30,DB_MAX_OVERFLOW=0")
+    assert (pool.key, pool.app, pool.gunicorn_args) == ("pool30", base.app, base.gunicorn_args)
+    assert pool.env == {**base.env, "DB_POOL_SIZE": "30", "DB_MAX_OVERFLOW": "0"}
+    other = variant(base, "deps:APP=bench.contenders.productos_variants:async_deps,LOG_LEVEL=warning")
+    assert (
+        other.app == "bench.contenders.productos_variants:async_deps" and other.env["LOG_LEVEL"] == "warning"
+    )
+    with pytest.raises(ValueError):
+        variant(base, "bad:NOEQUALS")
