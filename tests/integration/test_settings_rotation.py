@@ -178,7 +178,7 @@ async def test_rotation_while_requests_flow_fails_no_request(
     failures = sum(n for outcome, n in outcomes.items() if outcome != "ok")
     print(f"\nrotation ({rotate.__name__}, ttl {ttl}): {dict(outcomes)}; new connections: {len(new_logins)}")
     assert failures == 0, dict(outcomes)
-    assert outcomes["ok"] > 50
+    assert outcomes["ok"] > 20  # requests flowed throughout
     # New connections were opened after the rotation, with the new password.
     assert (role, PASSWORDS[1]) in new_logins[before:]
 
