@@ -99,7 +99,9 @@ class Settings(BaseSettings):
     # Observability (metrics, tracing, access log): see productos.observability
     metrics_enabled: bool = Field(True, **_env("PRODUCTOS_METRICS_ENABLED"))
     tracing_enabled: bool = Field(True, **_env("PRODUCTOS_TRACING_ENABLED"))
-    otel_exporter: Literal["auto", "otlp", "console", "none"] = Field("auto", **_env("PRODUCTOS_OTEL_EXPORTER"))
+    otel_exporter: Literal["auto", "otlp", "console", "none"] = Field(
+        "auto", **_env("PRODUCTOS_OTEL_EXPORTER")
+    )
     otel_exporter_otlp_endpoint: str | None = Field(None, **_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
     xray: bool = Field(False, **_env("PRODUCTOS_XRAY"))
     trusted_proxies: str = Field("", **_env("PRODUCTOS_TRUSTED_PROXIES"))
@@ -434,13 +436,14 @@ async def open_settings(
 
             if aws is None:
                 aws = await stack.enter_async_context(AwsClients.from_settings(boot))
-            if boot.ssm_path:
-                ssm = SsmParameterSource(await aws.client("ssm"), boot.ssm_path)
-                jobs.append((ssm.load(), "ssm", True))
+            # Clients first: a client that cannot be created must not leave a read half-started.
+            ssm = SsmParameterSource(await aws.client("ssm"), boot.ssm_path) if boot.ssm_path else None
             if boot.secret_id:
-                secret = SecretsManagerSource(
-                    await aws.client("secretsmanager"), boot.secret_id, ttl=boot.secret_ttl
-                )
+                client = await aws.client("secretsmanager")
+                secret = SecretsManagerSource(client, boot.secret_id, ttl=boot.secret_ttl)
+            if ssm is not None:
+                jobs.append((ssm.load(), "ssm", True))
+            if secret is not None:
                 jobs.append((secret.load(), secret.label, False))
         jobs.extend((_load(source), type(source).__name__, False) for source in sources)
         results = await asyncio.gather(*(job for job, _, _ in jobs), return_exceptions=True)
