@@ -1,8 +1,11 @@
 """Database instrumentation from SQLAlchemy's own events: query durations and spans, and the pool's state.
 
-- ``db.client.operation.duration``, by operation (``SELECT``, ``INSERT``...): timed between
-  ``before_cursor_execute`` and ``after_cursor_execute`` (or ``handle_error``); the same measurement makes the
-  query's span, a child of the request's.
+- ``db.client.operation.duration``, by operation (``SELECT``, ``INSERT``...): timed around the cursor's
+  execute by the engine's dialect events (``do_execute``, ``do_execute_no_params``, ``do_executemany``: the
+  handler runs the execute itself, as those events allow). The same measurement makes the query's span, a
+  child of the request's. Not ``before_cursor_execute``/``after_cursor_execute``: a connection-level
+  listener on an engine makes SQLAlchemy join event dispatchers for every connection it hands out, which cost
+  about 40 µs per request here (a request is about 1 ms); the dialect's events cost about 5 µs.
 - ``db.client.connection.count`` by state: every pool event (``connect``, ``checkout``, ``checkin``,
   ``close``, ``invalidate``, ``detach``) moves its connection between *idle*, *used* and *gone*. Each
   connection remembers its state, so an event that repeats a state (``invalidate`` then ``close``) or one
@@ -41,7 +44,6 @@ OPERATIONS = frozenset(
 #: (``asyncio.timeout`` around the acquisition, in the unit of work) reaches the pool.
 _TIMEOUTS = (PoolTimeoutError, TimeoutError, asyncio.CancelledError)
 _STATE = "productos.pool_state"
-_START = "_productos_started_ns"
 _SYSTEMS = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql", "mssql": "microsoft.sql_server"}
 
 
@@ -59,36 +61,53 @@ def operation_name(statement: str, cache: dict[str, str] | None = None) -> str:
     return name
 
 
-class _StatementListener:
-    """``before_cursor_execute`` / ``after_cursor_execute`` / ``handle_error`` handlers of one engine."""
+class _StatementTimer:
+    """The dialect's ``do_execute*`` events of one engine: each runs the statement, timed."""
 
-    def __init__(self, metrics: Metrics | None, tracing: Tracing | None, system: str, namespace: str | None):
+    def __init__(
+        self,
+        dialect: Any,
+        metrics: Metrics | None,
+        tracing: Tracing | None,
+        system: str,
+        namespace: str | None,
+    ) -> None:
+        self.dialect = dialect
         self.metrics = metrics
         self.tracer = tracing.tracer if tracing is not None else None
         self.system = system
         self.namespace = namespace
         self.operations: dict[str, str] = {}
 
-    def before(
-        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        if context is not None:
-            setattr(context, _START, time.perf_counter_ns())
+    def execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        started = time.perf_counter_ns()
+        try:
+            self.dialect.do_execute(cursor, statement, parameters, context)
+        except BaseException as exc:
+            self._record(statement, time.perf_counter_ns() - started, exc)
+            raise
+        self._record(statement, time.perf_counter_ns() - started, None)
+        return True  # executed: SQLAlchemy does not execute it again
 
-    def after(
-        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        started = getattr(context, _START, None)
-        if started is not None:
-            self._record(statement, time.perf_counter_ns() - started, None)
+    def execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
+        started = time.perf_counter_ns()
+        try:
+            self.dialect.do_execute_no_params(cursor, statement, context)
+        except BaseException as exc:
+            self._record(statement, time.perf_counter_ns() - started, exc)
+            raise
+        self._record(statement, time.perf_counter_ns() - started, None)
+        return True
 
-    def failed(self, exception_context: Any) -> None:
-        context = exception_context.execution_context
-        started = getattr(context, _START, None)
-        if started is not None:
-            delattr(context, _START)
-            error = exception_context.original_exception
-            self._record(exception_context.statement or "", time.perf_counter_ns() - started, error)
+    def executemany(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        started = time.perf_counter_ns()
+        try:
+            self.dialect.do_executemany(cursor, statement, parameters, context)
+        except BaseException as exc:
+            self._record(statement, time.perf_counter_ns() - started, exc)
+            raise
+        self._record(statement, time.perf_counter_ns() - started, None)
+        return True
 
     def _record(self, statement: str, elapsed_ns: int, error: BaseException | None) -> None:
         operation = operation_name(statement, self.operations)
@@ -205,10 +224,11 @@ def instrument_engine(
     namespace = sync_engine.url.database or None
     if metrics is None and tracing is None:
         return
-    statements = _StatementListener(metrics, tracing, system, namespace)
-    event.listen(sync_engine, "before_cursor_execute", statements.before)
-    event.listen(sync_engine, "after_cursor_execute", statements.after)
-    event.listen(sync_engine, "handle_error", statements.failed)
+    timer = _StatementTimer(sync_engine.dialect, metrics, tracing, system, namespace)
+    # Registered last: a listener of the application's that executes the statement itself still comes first.
+    event.listen(sync_engine, "do_execute", timer.execute)
+    event.listen(sync_engine, "do_execute_no_params", timer.execute_no_params)
+    event.listen(sync_engine, "do_executemany", timer.executemany)
     if metrics is None:
         return
     pool = sync_engine.pool
