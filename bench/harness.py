@@ -279,8 +279,11 @@ class Server:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def database_sessions(url: str) -> int:
-    """Sessions ever opened on ``url``'s database (pg_stat_database.sessions, flushed about once a second)."""
+def database_sessions(url: str) -> int | None:
+    """Sessions ever opened on ``url``'s database (pg_stat_database.sessions, flushed about once a second).
+
+    None when it cannot be read: the server is shared, and may be out of connections just then.
+    """
     import asyncio
 
     import asyncpg  # type: ignore[import-untyped]
@@ -296,7 +299,12 @@ def database_sessions(url: str) -> int:
         finally:
             await conn.close()
 
-    return asyncio.run(read())
+    for attempt in range(3):
+        try:
+            return asyncio.run(read())
+        except (OSError, TimeoutError, asyncpg.PostgresError):
+            time.sleep(0.5 * (attempt + 1))
+    return None
 
 
 def child_pids(pid: int) -> list[int]:

@@ -24,6 +24,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
         rps = [r["rps"] for r in group]
         p50 = [r["p50_ms"] for r in group if r["p50_ms"] is not None]
         p99 = [r["p99_ms"] for r in group if r["p99_ms"] is not None]
+        opened = [r["db_connections_opened"] for r in group if r.get("db_connections_opened") is not None]
         summary[contender][scenario][str(connections)] = {
             "rps": round(statistics.median(rps), 1),
             "rps_min": min(rps),
@@ -34,7 +35,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
             "p99_max_ms": max(p99) if p99 else None,
             "errors": sum(r["errors"] for r in group),
             "restarts": sum(1 for r in group if r.get("restarted_before")),
-            "db_connections_opened": statistics.median(r.get("db_connections_opened", 0) for r in group),
+            "db_connections_opened": statistics.median(opened) if opened else None,
             "requests": sum(r["requests"] for r in group),
             "runs": len(group),
             "note": group[0].get("note", ""),
@@ -180,7 +181,9 @@ def markdown(result: dict[str, Any]) -> str:
             name = f"{key} {names[key]}" + (f" ({note})" if note else "")
             flagged = f"{errors:,}" + (f" ({restarts} restarts: stalled before)" if restarts else "")
             opened = " / ".join(
-                f"{cells[c].get('db_connections_opened', 0):g}" if c in cells else "—"
+                "—"
+                if cells.get(c, {}).get("db_connections_opened") is None
+                else f"{cells[c]['db_connections_opened']:g}"
                 for c in map(str, connections)
             )
             lines.append(

@@ -162,7 +162,10 @@ def session(
                     })  # fmt: skip
                 r = run_wrk(server.base_url, scenario, connections, args.duration)
                 time.sleep(1.2)  # backends flush their session counts about once a second
-                opened = database_sessions(url) - sessions_before
+                sessions_after = database_sessions(url)
+                opened = None
+                if sessions_before is not None and sessions_after is not None:
+                    opened = sessions_after - sessions_before
                 result["runs"].append({
                     "round": round_no, "contender": contender.key, "scenario": scenario.key,
                     "note": scenario.note, "restarted_before": restarted, "db_connections_opened": opened,
