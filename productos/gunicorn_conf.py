@@ -8,6 +8,7 @@ worker.
 
 from __future__ import annotations
 
+import logging.config
 from typing import Any
 
 from productos.observability.logging import logging_config
@@ -60,6 +61,14 @@ def on_starting(server: Any) -> None:
 
     _metrics_dir = create_multiprocess_dir()
     server.log.info("Prometheus multiprocess directory %s", _metrics_dir)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    # uvicorn's worker class gives uvicorn's loggers gunicorn's handlers and stops them propagating. With
+    # logconfig_dict gunicorn's loggers have no handlers of their own (they propagate to the root's JSON one),
+    # so uvicorn's first lines, and a failed startup's traceback, would reach Python's last-resort handler as
+    # plain text. Route them to the JSON handler again, in the worker.
+    logging.config.dictConfig(logconfig_dict)
 
 
 def child_exit(server: Any, worker: Any) -> None:
