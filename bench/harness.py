@@ -266,6 +266,10 @@ class Server:
         """VmHWM (peak resident set, KiB) of each live worker."""
         return {pid: kib for pid in self.worker_pids() if (kib := proc_status_kib(pid, "VmHWM")) is not None}
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the live workers (a noise-robust cost: CPU per request)."""
+        return sum(proc_cpu_seconds(pid) for pid in self.worker_pids())
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -315,6 +319,15 @@ def child_pids(pid: int) -> list[int]:
         except OSError:
             continue
     return sorted(set(pids))
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields 14 and 15 of proc(5), utime and stime, in clock ticks; the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_status_kib(pid: int, key: str) -> int | None:

@@ -25,6 +25,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
         p50 = [r["p50_ms"] for r in group if r["p50_ms"] is not None]
         p99 = [r["p99_ms"] for r in group if r["p99_ms"] is not None]
         opened = [r["db_connections_opened"] for r in group if r.get("db_connections_opened") is not None]
+        cpu = [
+            r["worker_cpu_ms_per_request"] for r in group if r.get("worker_cpu_ms_per_request") is not None
+        ]
         summary[contender][scenario][str(connections)] = {
             "rps": round(statistics.median(rps), 1),
             "rps_min": min(rps),
@@ -36,6 +39,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
             "errors": sum(r["errors"] for r in group),
             "restarts": sum(1 for r in group if r.get("restarted_before")),
             "db_connections_opened": statistics.median(opened) if opened else None,
+            "worker_cpu_ms_per_request": round(statistics.median(cpu), 3) if cpu else None,
             "requests": sum(r["requests"] for r in group),
             "runs": len(group),
             "note": group[0].get("note", ""),
@@ -156,11 +160,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "New DB connections: sessions PostgreSQL opened for the contender during one run (median over",
         "rounds): pool growth plus churn; a pool that keeps its connections opens each one once.",
+        "CPU/req: the gunicorn workers' user+system CPU time per completed request, c8 / c64 (ms; median",
+        "over rounds): what a request costs, much less sensitive than req/s to other work on the machine.",
         "",
         "| endpoint | contender | "
         + " | ".join(f"c{c} req/s | c{c} p50 | c{c} p99" for c in connections)
-        + " | errors | new DB connections |",
-        "|---|---|" + "---|---|---|" * len(connections) + "---|---|",
+        + " | errors | new DB connections | CPU/req ms |",
+        "|---|---|" + "---|---|---|" * len(connections) + "---|---|---|",
     ]
     for scenario in SCENARIOS:
         for key in meta["order"]:
@@ -186,8 +192,16 @@ def markdown(result: dict[str, Any]) -> str:
                 else f"{cells[c]['db_connections_opened']:g}"
                 for c in map(str, connections)
             )
+            cpu = " / ".join(
+                "—"
+                if cells.get(c, {}).get("worker_cpu_ms_per_request") is None
+                else f"{cells[c]['worker_cpu_ms_per_request']:.2f}"
+                for c in map(str, connections)
+            )
             lines.append(
-                f"| {SCENARIO_TITLES[scenario]} | {name} | " + " | ".join(row) + f" | {flagged} | {opened} |"
+                f"| {SCENARIO_TITLES[scenario]} | {name} | "
+                + " | ".join(row)
+                + f" | {flagged} | {opened} | {cpu} |"
             )
     for one in result.get("all_rows", []):
         outcome = (

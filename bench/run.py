@@ -160,7 +160,9 @@ def session(
                         "round": round_no, "contender": contender.key, "before": scenario.key,
                         "connections": connections,
                     })  # fmt: skip
+                cpu_before = server.cpu_seconds()
                 r = run_wrk(server.base_url, scenario, connections, args.duration)
+                cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / r.requests if r.requests else None
                 time.sleep(1.2)  # backends flush their session counts about once a second
                 sessions_after = database_sessions(url)
                 opened = None
@@ -169,12 +171,13 @@ def session(
                 result["runs"].append({
                     "round": round_no, "contender": contender.key, "scenario": scenario.key,
                     "note": scenario.note, "restarted_before": restarted, "db_connections_opened": opened,
+                    "worker_cpu_ms_per_request": None if cpu_ms is None else round(cpu_ms, 3),
                     **r.as_dict(),
                 })  # fmt: skip
                 log(
                     f"  {contender.key} {contender.name:16} {scenario.key:14} c{connections:<3} "
                     f"{r.rps:9,.1f} req/s  p50 {_ms(r.p50_ms)}  p99 {_ms(r.p99_ms)}  errors {r.errors}  "
-                    f"new db connections {opened}"
+                    f"new db connections {opened}  worker CPU/request {_ms(cpu_ms)}"
                 )
         result["rss"].append({
             "round": round_no, "contender": contender.key, "session": label,
