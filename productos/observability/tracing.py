@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -33,6 +33,20 @@ from productos.domain.errors import ConfigurationError
 
 #: Request headers that can carry an incoming trace context (W3C and AWS X-Ray).
 TRACE_HEADERS = frozenset({"traceparent", "tracestate", "x-amzn-trace-id"})
+
+
+class _LowerCaseHeaders(Getter[Mapping[str, str]]):
+    """Reads a carrier of lower-case header names (ASGI's) for propagators that ask in any case."""
+
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key.lower())
+        return None if value is None else [value]
+
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
+        return list(carrier)
+
+
+_HEADERS = _LowerCaseHeaders()
 
 
 class Tracing:
@@ -54,7 +68,7 @@ class Tracing:
 
     def extract(self, carrier: Mapping[str, str]) -> Context:
         """The context an incoming request's headers (lower-case names) carry."""
-        return self.propagator.extract(carrier)
+        return self.propagator.extract(carrier, getter=_HEADERS)
 
     def shutdown(self) -> None:
         """Export what is pending and stop the processors' threads (blocks: call it in a thread)."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -27,7 +29,7 @@ from productos.observability.metrics import Metrics
 from productos.observability.middleware import RequestContextMiddleware
 from productos.observability.proxies import TrustedProxies
 from productos.observability.telemetry import Telemetry, build_telemetry, exporter_kind
-from productos.observability.tracing import Tracing
+from productos.observability.tracing import Tracing, create_tracing
 from productos.settings import Settings
 
 ROUTE = "/items/{item_id}"
@@ -265,3 +267,22 @@ def test_tracing_without_an_exporter_makes_trace_ids_but_records_nothing() -> No
 def test_everything_off() -> None:
     telemetry = build_telemetry(Settings(metrics_enabled=False, tracing_enabled=False))
     assert telemetry.metrics is None and telemetry.tracing is None
+
+
+async def test_x_ray_ids_and_the_albs_trace_header(access_lines: list[dict[str, Any]]) -> None:
+    tracing = create_tracing(Resource.create({}), exporter="none", endpoint=None, xray=True)
+    set_xray_trace_ids(True)
+    header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    try:
+        async with app_with(Telemetry(tracing=tracing)) as client:
+            await client.get("/items/1")
+            await client.get("/items/1", headers={"X-Amzn-Trace-Id": header})
+    finally:
+        set_xray_trace_ids(False)
+        tracing.shutdown()
+    new, continued = access_lines
+    assert abs(int(new["trace_id"][:8], 16) - time.time()) < 600  # an X-Ray id starts with the epoch second
+    assert new["xray_trace_id"] == f"1-{new['trace_id'][:8]}-{new['trace_id'][8:]}"
+    assert continued["trace_id"] == "5759e988bd862e3fe1be46a994272793"
+    assert continued["xray_trace_id"] == "1-5759e988-bd862e3fe1be46a994272793"
+    assert continued["request_id"] == header  # no X-Request-ID: the ALB's trace header is the request id
