@@ -1,0 +1,710 @@
+"""deploy/cloudformation.yaml: generated from productos, cfn-lint clean, with the policies, alarms and
+dashboard ``productos aws`` prints, and created in moto's server over HTTP.
+
+moto's CloudFormation (moto 5.2) creates every resource type of the template but seven, listed in
+``NOT_IN_MOTO_CFN``; for those the test makes the API call CloudFormation would make with the
+resource's properties (``PutScalingPolicy``, ``PutMetricAlarm``, ``apigatewayv2 Create*``). It also lacks
+three attributes (``ATTRIBUTES_NOT_IN_MOTO``), which the reduced template computes from what moto has, as AWS
+gives them. Everything is then read back through moto's APIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+import pytest
+import yaml
+
+from productos.aws_cli import run as run_productos_aws
+from productos.cli import build_parser
+from productos.settings import Settings, env_names, resolve_settings
+from tests.integration.conftest import REGION, moto_post
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+TEMPLATE = DEPLOY / "cloudformation.yaml"
+USER_DATA = DEPLOY / "user-data.sh"
+ACCOUNT = "123456789012"
+STACK = "productos"
+DOMAIN = "api.example.com"
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deploy_cloudformation", DEPLOY / "cloudformation.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(TEMPLATE.read_text())
+    return loaded
+
+
+def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def differences(expected: Any, actual: Any, path: str = "") -> list[str]:
+    """Field by field: each path at which ``actual`` differs from ``expected``."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out = [f"{path}.{key}: missing" for key in expected.keys() - actual.keys()]
+        out += [f"{path}.{key}: not expected" for key in actual.keys() - expected.keys()]
+        for key in expected.keys() & actual.keys():
+            out += differences(expected[key], actual[key], f"{path}.{key}")
+        return out
+    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        return [
+            d
+            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
+            for d in differences(e, a, f"{path}[{i}]")
+        ]
+    return [] if expected == actual else [f"{path}: expected {expected!r}, got {actual!r}"]
+
+
+# --- the intrinsic functions the compared resources use -----------------------------------------------------
+
+
+@dataclass
+class Names:
+    """What the template's ``Ref``, ``Fn::GetAtt`` and ``Fn::Sub`` yield in one stack."""
+
+    refs: dict[str, str]
+    attributes: dict[str, str]
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((key, argument),) = value.items()
+            if key == "Ref":
+                return self.refs[argument]
+            if key == "Fn::GetAtt":
+                return self.attributes[".".join(argument)]
+            if key == "Fn::Sub":
+                text, extra = (argument, {}) if isinstance(argument, str) else argument
+                variables = {name: self.resolve(item) for name, item in extra.items()}
+
+                def one(match: re.Match[str]) -> str:
+                    name = match.group(1)
+                    if name.startswith("!"):
+                        return "${" + name[1:] + "}"
+                    return str(variables.get(name) or self.refs.get(name) or self.attributes[name])
+
+                return re.sub(r"\$\{([^}]+)\}", one, text)
+        return {key: self.resolve(item) for key, item in value.items()}
+
+
+async def productos_aws(command: str, *options: str) -> Any:
+    """``productos aws <command> <options>``'s JSON, through its own argument parser (no AWS call)."""
+    args = build_parser().parse_args(["aws", command, *options])
+    out, err = io.StringIO(), io.StringIO()
+    assert await run_productos_aws(args, out=out, err=err) == 0
+    assert err.getvalue() == "", err.getvalue()  # nothing left out: the template names everything
+    return json.loads(out.getvalue())
+
+
+def cli_options(names: Names) -> tuple[str, ...]:
+    return (
+        "--asg-name", names.refs["AutoScalingGroup"],
+        "--namespace", names.refs["MetricsNamespace"],
+        "--alb", names.attributes["LoadBalancer.LoadBalancerFullName"],
+        "--target-group", names.attributes["TargetGroup.TargetGroupFullName"],
+        "--db-instance", names.refs["Database"],
+        "--api-id", names.refs["HttpApi"],
+        "--region", names.refs["AWS::Region"],
+        "--prefix", names.refs["ServiceName"],
+        "--alarm-action", names.refs["AlarmTopic"],
+    )  # fmt: skip
+
+
+# --- generated, linted --------------------------------------------------------------------------------------
+
+
+def test_the_committed_template_is_the_generators_output() -> None:
+    assert TEMPLATE.read_text() == generator().render(), (
+        "deploy/cloudformation.yaml is stale: run python deploy/cloudformation.py"
+    )
+
+
+def test_cfn_lint_finds_nothing() -> None:
+    """Errors, warnings and informational rules, in two regions; deploy/README.md lists what is not run."""
+    from cfnlint.api import ManualArgs, lint
+
+    matches = lint(
+        TEMPLATE.read_text(),
+        config=ManualArgs(regions=["us-east-1", "eu-west-1"], include_checks=["I"]),
+    )
+    assert [f"{m.rule.id} {m.message} (line {m.linenumber})" for m in matches] == []
+
+
+def test_user_data_is_valid_bash_without_braced_variables() -> None:
+    subprocess.run(["bash", "-n", str(USER_DATA)], check=True)
+    assert "${" not in USER_DATA.read_text().partition("\n")[2]
+
+
+# --- the template against the guide and the service's settings ----------------------------------------------
+
+
+def test_security_groups_are_the_guides(template: dict[str, Any]) -> None:
+    groups = {
+        name: r["Properties"]["SecurityGroupIngress"]
+        for name, r in of_type(template, "AWS::EC2::SecurityGroup").items()
+    }
+    rules = {
+        name: [(i["FromPort"], i["ToPort"], i.get("CidrIp") or i["SourceSecurityGroupId"]) for i in ingress]
+        for name, ingress in groups.items()
+    }
+    assert rules == {
+        "LoadBalancerSecurityGroup": [(80, 80, "0.0.0.0/0"), (443, 443, "0.0.0.0/0")],
+        "InstanceSecurityGroup": [(8000, 8000, {"Ref": "LoadBalancerSecurityGroup"})],
+        "DatabaseSecurityGroup": [(5432, 5432, {"Ref": "InstanceSecurityGroup"})],
+    }
+
+
+def test_timeouts_match_the_services_settings(template: dict[str, Any]) -> None:
+    fields = Settings.model_fields
+    resources_ = template["Resources"]
+    attributes = {
+        a["Key"]: a["Value"] for a in resources_["TargetGroup"]["Properties"]["TargetGroupAttributes"]
+    }
+    assert (
+        attributes["deregistration_delay.timeout_seconds"] == str(fields["graceful_timeout"].default) == "30"
+    )
+    assert resources_["TargetGroup"]["Properties"]["Port"] == fields["app_port"].default
+    idle = {a["Key"]: a["Value"] for a in resources_["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]}
+    assert int(idle["idle_timeout.timeout_seconds"]) < fields["keepalive"].default
+    unit = (DEPLOY / "productos.service").read_text()
+    stop = int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.M).group(1))  # type: ignore[union-attr]
+    assert stop > fields["graceful_timeout"].default
+
+
+def test_instances_rds_and_api_are_the_guides(template: dict[str, Any]) -> None:
+    r = template["Resources"]
+    data = r["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert data["MetadataOptions"] == {
+        "HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 1,
+        "InstanceMetadataTags": "enabled",
+    }  # fmt: skip
+    assert (
+        r["PrivateSubnet1"]["Properties"]["AvailabilityZone"]
+        != r["PrivateSubnet2"]["Properties"]["AvailabilityZone"]
+    )
+    asg = r["AutoScalingGroup"]["Properties"]
+    assert asg["VPCZoneIdentifier"] == [{"Ref": "PrivateSubnet1"}, {"Ref": "PrivateSubnet2"}]
+    db = r["Database"]["Properties"]
+    guide = (
+        db["MultiAZ"],
+        db["StorageEncrypted"],
+        db["BackupRetentionPeriod"],
+        db["ManageMasterUserPassword"],
+    )
+    assert guide == (
+        True, True, 7, True,
+    )  # fmt: skip
+    assert "MasterUserPassword" not in db and db["PubliclyAccessible"] is False
+    assert r["Database"]["DeletionPolicy"] == "Snapshot"
+    stage = r["HttpApiStage"]["Properties"]
+    assert stage["DefaultRouteSettings"] == {
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+    }
+    listener = r["HttpListener"]["Properties"]["DefaultActions"][0]
+    assert listener["Type"] == "redirect" and listener["RedirectConfig"]["Port"] == "443"
+    statements = r["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    actions = sorted(
+        a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    )
+    assert actions == [
+        "cloudwatch:PutMetricData", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents",
+        "secretsmanager:GetSecretValue", "ssm:GetParametersByPath",
+    ]  # fmt: skip
+    assert all((s["Effect"] == "Allow" and s["Resource"] != "*") or "Condition" in s for s in statements)
+
+
+# --- one source of truth: the template's policies, alarms and dashboard are productos aws's -----------------
+
+
+OFFLINE = Names(
+    refs={
+        "AutoScalingGroup": "pedidos-api-asg",
+        "MetricsNamespace": "Pedidos",
+        "Database": "pedidos-db",
+        "HttpApi": "a1b2c3d4e5",
+        "AWS::Region": "eu-west-1",
+        "ServiceName": "pedidos-api",
+        "AlarmTopic": "arn:aws:sns:eu-west-1:123456789012:pedidos-alarms",
+    },
+    attributes={
+        "LoadBalancer.LoadBalancerFullName": "app/pedidos-alb/0123456789abcdef",
+        "TargetGroup.TargetGroupFullName": "targetgroup/pedidos-tg/fedcba9876543210",
+    },
+)
+
+
+async def test_the_templates_policies_alarms_and_dashboard_are_productos_aws_output(
+    template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names other than the defaults, so a name the template hard-codes would show."""
+    for key in list(os.environ):
+        if key.upper() in env_names() or key.startswith(("AWS_", "PRODUCTOS_")):
+            monkeypatch.delenv(key)
+    options = cli_options(OFFLINE)
+
+    policies = await productos_aws("scaling-policies", *options)
+    in_template = list(of_type(template, "AWS::AutoScaling::ScalingPolicy").values())
+    assert len(in_template) == len(policies) == 3
+    for printed, resource in zip(policies, in_template, strict=True):
+        # CloudFormation's ScalingPolicy has no name property: the stack names it. Every other field is equal.
+        expected = {key: value for key, value in printed.items() if key != "PolicyName"}
+        assert differences(expected, OFFLINE.resolve(resource["Properties"])) == []
+
+    alarms = await productos_aws("alarms", *options)
+    in_template = list(of_type(template, "AWS::CloudWatch::Alarm").values())
+    assert len(in_template) == len(alarms) == 4
+    for printed, resource in zip(alarms, in_template, strict=True):
+        assert differences(printed, OFFLINE.resolve(resource["Properties"])) == []
+
+    board = await productos_aws("dashboard", *options)
+    (resource,) = of_type(template, "AWS::CloudWatch::Dashboard").values()
+    resolved = OFFLINE.resolve(resource["Properties"])
+    assert resolved["DashboardName"] == board["DashboardName"] == "pedidos-api"
+    assert differences(board["DashboardBody"], json.loads(resolved["DashboardBody"])) == []
+
+
+# --- the stack in moto --------------------------------------------------------------------------------------
+
+#: Resource types of the template that moto's CloudFormation does not implement.
+NOT_IN_MOTO_CFN = {
+    "AWS::ApiGatewayV2::Api",
+    "AWS::ApiGatewayV2::Integration",
+    "AWS::ApiGatewayV2::Route",
+    "AWS::ApiGatewayV2::Stage",
+    "AWS::AutoScaling::ScalingPolicy",
+    "AWS::CloudWatch::Alarm",
+    "AWS::SNS::Subscription",
+}
+#: Attributes moto's CloudFormation does not give, and how AWS forms them from what moto does give.
+ATTRIBUTES_NOT_IN_MOTO: dict[str, Any] = {
+    "LoadBalancer.LoadBalancerFullName": {
+        "Fn::Select": [1, {"Fn::Split": [":loadbalancer/", {"Ref": "LoadBalancer"}]}]
+    },
+    "TargetGroup.TargetGroupFullName": {
+        "Fn::Join": [
+            "",
+            ["targetgroup/", {"Fn::Select": [1, {"Fn::Split": [":targetgroup/", {"Ref": "TargetGroup"}]}]}],
+        ]
+    },
+    # RDS makes this secret (ManageMasterUserPassword); the test makes it, as RDS would, before the stack.
+    "Database.MasterUserSecret.SecretArn": None,
+}
+
+
+def client(endpoint: str, service: str) -> Any:
+    return boto3.client(
+        service, region_name=REGION, endpoint_url=endpoint,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+
+
+def reduce_for_moto(template: dict[str, Any], literals: dict[str, str]) -> dict[str, Any]:
+    """The template less ``NOT_IN_MOTO_CFN``'s resources (and outputs naming them), with the attributes moto
+    lacks computed, and ``literals`` (``Ref``s or attributes of what the test made itself) written in."""
+    computed = {k: v for k, v in ATTRIBUTES_NOT_IN_MOTO.items() if v is not None}
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, list):
+            return [rewrite(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((key, argument),) = value.items()
+            if key == "Ref" and argument in literals:
+                return literals[argument]
+            if key == "Fn::GetAtt":
+                name = ".".join(argument)
+                if name in literals:
+                    return literals[name]
+                if name in computed:
+                    return computed[name]
+            if key == "Fn::Sub":
+                text, extra = (argument, {}) if isinstance(argument, str) else argument
+                extra = {k: rewrite(v) for k, v in extra.items()}
+                for name, literal in literals.items():
+                    text = text.replace("${" + name + "}", literal)
+                for name, expression in computed.items():
+                    if "${" + name + "}" in text:
+                        variable = name.replace(".", "")
+                        text = text.replace("${" + name + "}", "${" + variable + "}")
+                        extra[variable] = expression
+                return {"Fn::Sub": [text, extra] if extra else text}
+        return {key: rewrite(item) for key, item in value.items()}
+
+    kept = {name: r for name, r in template["Resources"].items() if r["Type"] not in NOT_IN_MOTO_CFN}
+    dropped = set(template["Resources"]) - set(kept)
+    outputs = {
+        name: o for name, o in template["Outputs"].items()
+        if not any(re.search(rf'"{d}"|\$\{{{d}[}}.]', json.dumps(o)) for d in dropped - set(literals))
+    }  # fmt: skip
+    return rewrite({**template, "Resources": kept, "Outputs": outputs})
+
+
+@dataclass
+class MotoStack:
+    endpoint: str
+    template: dict[str, Any]
+    physical: dict[str, str]
+    names: Names
+    secret_arn: str
+    password: str
+
+    def client(self, service: str) -> Any:
+        return client(self.endpoint, service)
+
+
+@pytest.fixture(scope="module")
+def moto_stack(moto_endpoint: str, template: dict[str, Any]) -> Iterator[MotoStack]:
+    from moto.cloudformation.parsing import get_model_map
+
+    moto_post(moto_endpoint, "/moto-api/reset")
+    kinds = {r["Type"] for r in template["Resources"].values()}
+    assert kinds - set(get_model_map()) == NOT_IN_MOTO_CFN, (
+        "moto's CloudFormation changed: update NOT_IN_MOTO_CFN"
+    )
+
+    parameters = {name: str(p["Default"]) for name, p in template["Parameters"].items() if "Default" in p}
+    parameters["AmiId"] = client(moto_endpoint, "ec2").describe_images()["Images"][0]["ImageId"]
+    parameters["CertificateArn"] = client(moto_endpoint, "acm").request_certificate(DomainName=DOMAIN)[
+        "CertificateArn"
+    ]
+    parameters["DomainName"] = DOMAIN
+    base = Names(
+        refs={
+            **parameters,
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::Partition": "aws",
+            "AWS::StackName": STACK,
+        },
+        attributes={},
+    )
+
+    # Made before the stack, because resources moto does create name them: the master user's secret (RDS
+    # makes it) and the HTTP API (the dashboard and an alarm use its id).
+    password = "Rds-managed-pa55word!"
+    secret_arn = client(moto_endpoint, "secretsmanager").create_secret(
+        Name="rds!db-0123abcd-4567-89ef-0123-456789abcdef",
+        SecretString=json.dumps({"username": parameters["DatabaseUsername"], "password": password}),
+    )["ARN"]
+    api = template["Resources"]["HttpApi"]["Properties"]
+    made = client(moto_endpoint, "apigatewayv2").create_api(**base.resolve(api))
+    literals = {
+        "Database.MasterUserSecret.SecretArn": secret_arn,
+        "HttpApi": made["ApiId"],
+        "HttpApi.ApiEndpoint": made["ApiEndpoint"],
+    }
+
+    cloudformation = client(moto_endpoint, "cloudformation")
+    cloudformation.create_stack(
+        StackName=STACK,
+        TemplateBody=json.dumps(reduce_for_moto(template, literals)),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
+    )
+    stack = cloudformation.describe_stacks(StackName=STACK)["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    # moto lists a resource whose condition is false as an empty entry, and a DB subnet group without its id.
+    physical = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId", "")
+        for r in cloudformation.describe_stack_resources(StackName=STACK)["StackResources"]
+        if "LogicalResourceId" in r
+    }
+    assert "DnsRecord" not in physical  # no HostedZoneId: no record
+    log_groups = client(moto_endpoint, "logs").describe_log_groups(logGroupNamePrefix="/productos-api/")[
+        "logGroups"
+    ]
+    names = Names(
+        refs={**base.refs, **physical, "HttpApi": made["ApiId"]},
+        attributes={
+            "LoadBalancer.LoadBalancerFullName": physical["LoadBalancer"].split(":loadbalancer/", 1)[1],
+            "TargetGroup.TargetGroupFullName": "targetgroup/"
+            + physical["TargetGroup"].split(":targetgroup/", 1)[1],
+            "Database.MasterUserSecret.SecretArn": secret_arn,
+            **{
+                f"{name}.Arn": g["arn"]
+                for g in log_groups
+                for name in physical
+                if physical[name] == g["logGroupName"]
+            },
+        },
+    )
+
+    # What CloudFormation would do for the types moto's does not implement, in the template's order.
+    gateway = client(moto_endpoint, "apigatewayv2")
+    autoscaling = client(moto_endpoint, "autoscaling")
+    cloudwatch = client(moto_endpoint, "cloudwatch")
+    for name, resource in template["Resources"].items():
+        kind = resource["Type"]
+        if kind not in NOT_IN_MOTO_CFN or kind == "AWS::ApiGatewayV2::Api":
+            continue
+        properties = names.resolve(resource.get("Properties", {}))
+        if kind == "AWS::ApiGatewayV2::Integration":
+            names.refs[name] = gateway.create_integration(**properties)["IntegrationId"]
+        elif kind == "AWS::ApiGatewayV2::Route":
+            gateway.create_route(**properties)
+        elif kind == "AWS::ApiGatewayV2::Stage":
+            throttling = properties["DefaultRouteSettings"]
+            throttling["ThrottlingRateLimit"] = float(throttling["ThrottlingRateLimit"])
+            throttling["ThrottlingBurstLimit"] = int(throttling["ThrottlingBurstLimit"])
+            gateway.create_stage(**properties)
+        elif kind == "AWS::AutoScaling::ScalingPolicy":
+            autoscaling.put_scaling_policy(PolicyName=name, **properties)
+        elif kind == "AWS::CloudWatch::Alarm":
+            cloudwatch.put_metric_alarm(**properties)
+        else:
+            assert kind == "AWS::SNS::Subscription" and resource["Condition"] == "SubscribeAlarmEmail"
+            assert parameters["AlarmEmail"] == ""  # its condition is false: nothing to make
+    yield MotoStack(moto_endpoint, template, physical, names, secret_arn, password)
+    moto_post(moto_endpoint, "/moto-api/reset")
+
+
+def test_moto_creates_the_auto_scaling_group(moto_stack: MotoStack) -> None:
+    (group,) = moto_stack.client("autoscaling").describe_auto_scaling_groups(
+        AutoScalingGroupNames=[moto_stack.physical["AutoScalingGroup"]]
+    )["AutoScalingGroups"]
+    assert group["AutoScalingGroupName"] == "productos-api-asg"
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (2, 10, 2)
+    assert (group["HealthCheckType"], group["HealthCheckGracePeriod"]) == ("ELB", 300)
+    assert group["TargetGroupARNs"] == [moto_stack.physical["TargetGroup"]]
+    assert set(group["VPCZoneIdentifier"].split(",")) == {
+        moto_stack.physical["PrivateSubnet1"],
+        moto_stack.physical["PrivateSubnet2"],
+    }
+    assert group["LaunchTemplate"]["LaunchTemplateId"] == moto_stack.physical["LaunchTemplate"]
+    assert len(group["Instances"]) == 2
+
+
+def test_moto_creates_the_target_group_with_the_guides_health_check(moto_stack: MotoStack) -> None:
+    elbv2 = moto_stack.client("elbv2")
+    (group,) = elbv2.describe_target_groups(TargetGroupArns=[moto_stack.physical["TargetGroup"]])[
+        "TargetGroups"
+    ]
+    assert {k: group[k] for k in (
+        "Protocol", "Port", "HealthCheckProtocol", "HealthCheckPath", "HealthCheckIntervalSeconds",
+        "HealthCheckTimeoutSeconds", "HealthyThresholdCount", "UnhealthyThresholdCount", "Matcher",
+    )} == {
+        "Protocol": "HTTP", "Port": 8000, "HealthCheckProtocol": "HTTP", "HealthCheckPath": "/health",
+        "HealthCheckIntervalSeconds": 30, "HealthCheckTimeoutSeconds": 5, "HealthyThresholdCount": 2,
+        "UnhealthyThresholdCount": 3, "Matcher": {"HttpCode": "200"},
+    }  # fmt: skip
+    listeners = {
+        listener["Port"]: listener
+        for listener in elbv2.describe_listeners(LoadBalancerArn=moto_stack.physical["LoadBalancer"])[
+            "Listeners"
+        ]
+    }
+    redirect = listeners[80]["DefaultActions"][0]
+    assert redirect["Type"] == "redirect"
+    assert (redirect["RedirectConfig"]["Protocol"], redirect["RedirectConfig"]["Port"]) == ("HTTPS", "443")
+    assert listeners[443]["Protocol"] == "HTTPS"
+    assert listeners[443]["DefaultActions"][0]["TargetGroupArn"] == moto_stack.physical["TargetGroup"]
+
+
+def test_moto_creates_the_network_and_the_database(moto_stack: MotoStack) -> None:
+    p = moto_stack.physical
+    ec2 = moto_stack.client("ec2")
+    groups = {g["GroupId"]: g for g in ec2.describe_security_groups(GroupIds=[
+        p["LoadBalancerSecurityGroup"], p["InstanceSecurityGroup"], p["DatabaseSecurityGroup"]
+    ])["SecurityGroups"]}  # fmt: skip
+    sources = {
+        gid: sorted(
+            (
+                rule["FromPort"],
+                *[r["CidrIp"] for r in rule["IpRanges"]],
+                *[g["GroupId"] for g in rule["UserIdGroupPairs"]],
+            )
+            for rule in group["IpPermissions"]
+        )
+        for gid, group in groups.items()
+    }
+    assert sources == {
+        p["LoadBalancerSecurityGroup"]: [(80, "0.0.0.0/0"), (443, "0.0.0.0/0")],
+        p["InstanceSecurityGroup"]: [(8000, p["LoadBalancerSecurityGroup"])],
+        p["DatabaseSecurityGroup"]: [(5432, p["InstanceSecurityGroup"])],
+    }
+    routes = ec2.describe_route_tables(RouteTableIds=[p["PrivateRouteTable"]])["RouteTables"][0]["Routes"]
+    assert any(r.get("NatGatewayId") == p["NatGateway"] for r in routes)
+    zones = {
+        s["AvailabilityZone"]
+        for s in ec2.describe_subnets(SubnetIds=[p["PrivateSubnet1"], p["PrivateSubnet2"]])["Subnets"]
+    }
+    assert len(zones) == 2
+
+    (db,) = moto_stack.client("rds").describe_db_instances(DBInstanceIdentifier=p["Database"])["DBInstances"]
+    assert (db["Engine"], db["MultiAZ"], db["StorageEncrypted"], db["BackupRetentionPeriod"]) == (
+        "postgres",
+        True,
+        True,
+        7,
+    )
+    assert {s["SubnetIdentifier"] for s in db["DBSubnetGroup"]["Subnets"]} == {
+        p["PrivateSubnet1"],
+        p["PrivateSubnet2"],
+    }
+    parameter = moto_stack.client("ssm").get_parameter(Name="/productos-api/database-url")["Parameter"]
+    assert parameter["Value"] == f"postgresql://{db['Endpoint']['Address']}:5432/productos?sslmode=require"
+
+
+async def test_moto_reads_back_the_policies_alarms_and_dashboard_of_productos_aws(
+    moto_stack: MotoStack,
+) -> None:
+    options = cli_options(moto_stack.names)
+    printed = await productos_aws("scaling-policies", *options)
+    stored = moto_stack.client("autoscaling").describe_policies(
+        AutoScalingGroupName=moto_stack.physical["AutoScalingGroup"]
+    )["ScalingPolicies"]
+    by_name = {p["PolicyName"]: p for p in stored}
+    in_template = list(of_type(moto_stack.template, "AWS::AutoScaling::ScalingPolicy"))
+    assert len(printed) == len(in_template) == len(stored) == 3
+    for policy, logical_id in zip(printed, in_template, strict=True):
+        back = by_name[logical_id]
+        for key, value in policy.items():
+            if key != "PolicyName":
+                assert differences(value, back[key], key) == []
+
+    printed = await productos_aws("alarms", *options)
+    stored = moto_stack.client("cloudwatch").describe_alarms(AlarmNames=[a["AlarmName"] for a in printed])[
+        "MetricAlarms"
+    ]
+    by_name = {a["AlarmName"]: a for a in stored}
+    assert len(by_name) == len(printed) == 4
+    for alarm in printed:
+        back = by_name[alarm["AlarmName"]]
+        back["Metrics"] = [{k: v for k, v in q.items() if k != "AccountId"} for q in back.get("Metrics", [])]
+        assert differences(alarm, {key: back[key] for key in alarm}) == []
+
+    printed = await productos_aws("dashboard", *options)
+    back = moto_stack.client("cloudwatch").get_dashboard(DashboardName=printed["DashboardName"])
+    assert differences(printed["DashboardBody"], json.loads(back["DashboardBody"])) == []
+
+
+def test_moto_creates_the_api_with_its_throttling(moto_stack: MotoStack) -> None:
+    gateway = moto_stack.client("apigatewayv2")
+    api_id = moto_stack.names.refs["HttpApi"]
+    (integration,) = gateway.get_integrations(ApiId=api_id)["Items"]
+    assert (integration["IntegrationType"], integration["IntegrationUri"]) == (
+        "HTTP_PROXY",
+        f"https://{DOMAIN}",
+    )
+    (route,) = gateway.get_routes(ApiId=api_id)["Items"]
+    assert (route["RouteKey"], route["Target"]) == (
+        "$default",
+        f"integrations/{integration['IntegrationId']}",
+    )
+    stage = gateway.get_stage(ApiId=api_id, StageName="$default")
+    assert stage["DefaultRouteSettings"]["ThrottlingRateLimit"] == 100
+    assert stage["DefaultRouteSettings"]["ThrottlingBurstLimit"] == 200
+
+
+# --- User Data, run as an instance would, then the service's settings from what it wrote --------------------
+
+
+async def test_user_data_points_the_service_at_the_stacks_settings(
+    moto_stack: MotoStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (version,) = moto_stack.client("ec2").describe_launch_template_versions(
+        LaunchTemplateId=moto_stack.physical["LaunchTemplate"]
+    )["LaunchTemplateVersions"]
+    data = version["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    script = base64.b64decode(data["UserData"]).decode()
+    assert script.startswith("#!/bin/bash\n")
+    assert script.endswith(USER_DATA.read_text().partition("\n")[2])
+
+    # A scratch root, and systemctl and the CloudWatch agent's control script as recorders.
+    root = tmp_path / "root"
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    agent = root / "opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl"
+    for recorder in (bin_dir / "systemctl", agent):
+        recorder.parent.mkdir(parents=True, exist_ok=True)
+        recorder.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> {calls}\n')
+        recorder.chmod(0o755)
+    done = subprocess.run(
+        ["bash", "-c", script],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "USER_DATA_ROOT": str(root)},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    agent_config = root / "opt/aws/amazon-cloudwatch-agent/etc/productos.json"
+    assert calls.read_text().splitlines() == [
+        f"amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c file:{agent_config}",
+        "systemctl daemon-reload",
+        "systemctl enable --now productos",
+    ]
+    (collected,) = json.loads(agent_config.read_text())["logs"]["logs_collected"]["files"]["collect_list"]
+    assert collected["log_group_name"] == moto_stack.physical["AppLogGroup"] == "/productos-api/app"
+
+    dropin = (root / "etc/systemd/system/productos.service.d/10-settings.conf").read_text()
+    environment = dict(
+        shlex.split(line.removeprefix("Environment="))[0].split("=", 1)
+        for line in dropin.splitlines()
+        if line.startswith("Environment=")
+    )
+    assert environment == {
+        "AWS_REGION": REGION,
+        "PRODUCTOS_SERVICE_NAME": "productos-api",
+        "PRODUCTOS_SSM_PATH": "/productos-api/",
+        "PRODUCTOS_SECRET_ID": moto_stack.secret_arn,
+        "PRODUCTOS_METRICS_PUBLISHER": "cloudwatch",
+        "PRODUCTOS_CLOUDWATCH_NAMESPACE": "Productos",
+    }
+    assert moto_stack.password not in dropin
+
+    # The service, given that environment, finds its database in the stack's parameter and secret.
+    for key in list(os.environ):
+        if key.upper() in env_names() or key.startswith(("AWS_", "PRODUCTOS_")):
+            monkeypatch.delenv(key)
+    for key, value in {
+        **environment,
+        "AWS_ENDPOINT_URL": moto_stack.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    resolved = await resolve_settings(env_file=None)
+    (db,) = moto_stack.client("rds").describe_db_instances(
+        DBInstanceIdentifier=moto_stack.physical["Database"]
+    )["DBInstances"]
+    url = resolved.settings.database_url.get_secret_value()
+    password = quote(moto_stack.password, safe="")
+    assert (
+        url == f"postgresql://productos:{password}@{db['Endpoint']['Address']}:5432/productos?sslmode=require"
+    )
+    assert (
+        resolved.sources["database_url"]
+        == f"secretsmanager:{moto_stack.secret_arn}+ssm:/productos-api/database-url"
+    )
+    assert resolved.settings.metrics_publisher == "cloudwatch"
