@@ -12,7 +12,8 @@ request rate:
 - ``DBQueryTime`` (ms): the step's delta of ``db_client_operation_duration_seconds``, the same way.
 - ``DBConnectionsInUse`` and ``DBPoolUtilization`` (%): ``db_client_connection_count{state=used}`` and
   ``used / db_client_connection_max`` summed over the live workers (``max`` is each pool's size plus its
-  overflow), sampled every second of the step and sent as the distribution of the samples.
+  overflow), sampled every second of the step (ten times a step under 10 s) and sent as the distribution
+  of the samples.
 - ``MetricsDropped``: datapoints dropped because CloudWatch stayed unreachable longer than the buffer lasts.
 
 Each goes out with ``AutoScalingGroupName`` (what the scaling policy reads) and again with
@@ -376,7 +377,8 @@ class PublishingLoop:
         state_path: where the holder writes the figures it has published up to, for its successor.
         max_buffer: datums kept while publishing fails; the oldest beyond it are dropped and counted.
         flush_timeout: seconds the final flush may take on shutdown.
-        sample_every: seconds between samples of the pool's gauges within a step.
+        sample_every: seconds between samples of the pool's gauges within a step (default: a tenth of the
+            step, at most one second).
         lease_retry: seconds between attempts to take the lease.
         clock: wall-clock seconds (step boundaries and timestamps).
     """
@@ -392,7 +394,7 @@ class PublishingLoop:
         state_path: str | Path | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         flush_timeout: float = DEFAULT_FLUSH_TIMEOUT,
-        sample_every: float = 1.0,
+        sample_every: float | None = None,
         lease_retry: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -411,7 +413,8 @@ class PublishingLoop:
         self._state_path = Path(state_path) if state_path is not None else None
         self.max_buffer = max_buffer
         self.flush_timeout = flush_timeout
-        self._sample_every = min(sample_every, self.interval)
+        # At least ten samples a step (a one-second step would otherwise see one instant), at most one a second.
+        self._sample_every = sample_every if sample_every is not None else min(1.0, self.interval / 10)
         self._lease_retry = lease_retry if lease_retry is not None else min(self.interval, 5.0)
         self._clock = clock
         self._buffer: deque[MetricDatum] = deque()
