@@ -95,12 +95,14 @@ class CloudWatchPublisher:
         size = self._sizer.overhead
         for datum in data:
             item = to_api(datum)
-            item_size = self._sizer.size(item)
-            if batch and (len(batch) >= MAX_DATUMS_PER_CALL or size + item_size > MAX_BYTES_PER_CALL):
+            if batch and (
+                len(batch) >= MAX_DATUMS_PER_CALL
+                or size + self._sizer.size(item, len(batch) + 1) > MAX_BYTES_PER_CALL
+            ):
                 yield batch
                 batch, size = [], self._sizer.overhead
             batch.append(item)
-            size += item_size
+            size += self._sizer.size(item, len(batch))
         if batch:
             yield batch
 
@@ -128,11 +130,10 @@ class _BodySizer:
             body = urlencode(body)
         return len(body)
 
-    def size(self, item: dict[str, Any]) -> int:
-        # Serialized alone, the datum is member 1; at member 1000 each of its keys is three digits longer.
-        alone = self._body_size([item]) - self.overhead
-        keys = alone and self._keys(item)
-        return alone + 3 * keys + 1
+    def size(self, item: dict[str, Any], index: int) -> int:
+        """Bytes ``item`` adds as member ``index`` of ``MetricData``: each of its keys carries the index."""
+        alone = self._body_size([item]) - self.overhead  # as member 1
+        return alone + (len(str(index)) - 1) * self._keys(item)
 
     @staticmethod
     def _keys(item: dict[str, Any]) -> int:
