@@ -2,8 +2,8 @@
 
 Each request is timed once. That one measurement is the duration in the access line, the
 ``http.server.request.duration`` observation (Prometheus and OpenTelemetry) and the span's end. The
-measurement ends when the response's last body message is handed to the server, and the metric and the log
-line are written before that message goes out: a client that has its response can already see it counted.
+measurement ends when the response's last body message has been handed to the server; the metric and the log
+line are written right after, so the client never waits for them.
 """
 
 from __future__ import annotations
@@ -144,7 +144,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), header]
             elif message["type"] == "http.response.body" and not message.get("more_body", False) and not done:
+                await send(message)
                 finish()
+                return
             await send(message)
 
         try:
