@@ -8,6 +8,7 @@ import logging.config
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from opentelemetry.trace import get_current_span
@@ -30,13 +31,29 @@ def set_xray_trace_ids(enabled: bool) -> None:
     _xray_trace_ids = enabled
 
 
+#: A fresh record's attributes come first in its ``__dict__``; ``extra`` fields are set after them.
+_FIRST_EXTRA = len(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, process id, request id, trace and span ids
     (of the current OpenTelemetry span), and any ``extra`` fields."""
 
+    _second = -1
+    _second_text = ""
+
+    def _time(self, created: float) -> str:
+        # The second's text changes once a second: cache it, add the milliseconds.
+        second = int(created)
+        if second != self._second:
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -52,12 +69,12 @@ class JsonFormatter(logging.Formatter):
             entry["span_id"] = format(span_context.span_id, "016x")
             if _xray_trace_ids:
                 entry["xray_trace_id"] = f"1-{trace_id[:8]}-{trace_id[8:]}"
-        for key, value in record.__dict__.items():
+        for key, value in islice(record.__dict__.items(), _FIRST_EXTRA, None):
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _ENCODER.encode(entry)
 
 
 def logging_config(level: str = "info") -> dict[str, Any]:
