@@ -210,6 +210,21 @@ def parameters() -> dict[str, Any]:
             "AllowedPattern": "^[a-z][a-z0-9_]{0,62}$",
             "Description": "Master user; RDS keeps its password in Secrets Manager and rotates it",
         },
+        # Every worker of every instance keeps its own pool: at the ASG's maximum, 10 instances x WORKERS
+        # (the vCPUs: 2 on a t3.small) x (pool + overflow) connections must fit RDS's max_connections (about
+        # 100 on a db.t3.micro). The library's defaults (10 + 20, the guide's) suit one instance, not ten.
+        "DbPoolSize": {
+            "Type": "Number",
+            "Default": 2,
+            "MinValue": 1,
+            "Description": "DB_POOL_SIZE of each worker (SSM /<ServiceName>/db-pool-size)",
+        },
+        "DbMaxOverflow": {
+            "Type": "Number",
+            "Default": 2,
+            "MinValue": 0,
+            "Description": "DB_MAX_OVERFLOW of each worker (SSM /<ServiceName>/db-max-overflow)",
+        },
         "MetricsNamespace": {
             "Type": "String",
             "Default": DEFAULT_NAMESPACE,
@@ -686,6 +701,18 @@ def database() -> dict[str, Any]:
                 },
                 "Description": "DATABASE_URL without credentials (they come from PRODUCTOS_SECRET_ID)",
             },
+        },
+        **{
+            f"{name}Parameter": {
+                "Type": "AWS::SSM::Parameter",
+                "Properties": {
+                    "Name": sub(f"/${{ServiceName}}/{setting}"),
+                    "Type": "String",
+                    "Value": ref(name),
+                    "Description": setting.upper().replace("-", "_"),
+                },
+            }
+            for name, setting in (("DbPoolSize", "db-pool-size"), ("DbMaxOverflow", "db-max-overflow"))
         },
     }
 
