@@ -161,6 +161,21 @@ def test_user_data_is_valid_bash_without_braced_variables() -> None:
     assert "${" not in USER_DATA.read_text().partition("\n")[2]
 
 
+def test_the_image_build_and_the_readme_name_files_that_exist() -> None:
+    packer = DEPLOY / "packer" / "productos.pkr.hcl"
+    named = re.findall(r'"\$\{path\.root\}/([^"]+)"', packer.read_text())
+    assert sorted(named) == ["../productos.service", "install.sh"]
+    for name in named:
+        assert (packer.parent / name).resolve().is_file(), name
+    subprocess.run(["bash", "-n", str(DEPLOY / "packer" / "install.sh")], check=True)
+    links = re.findall(r"\]\(([^)#:]+)\)", (DEPLOY / "README.md").read_text())
+    assert {"cloudformation.yaml", "user-data.sh", "productos.service", "packer/productos.pkr.hcl"} <= set(
+        links
+    )
+    for link in links:
+        assert (DEPLOY / link).is_file(), link
+
+
 # --- the template against the guide and the service's settings ----------------------------------------------
 
 
@@ -708,3 +723,6 @@ async def test_user_data_points_the_service_at_the_stacks_settings(
         == f"secretsmanager:{moto_stack.secret_arn}+ssm:/productos-api/database-url"
     )
     assert resolved.settings.metrics_publisher == "cloudwatch"
+    # Pools sized for ten instances on one small database, from the stack's parameters.
+    assert (resolved.settings.db_pool_size, resolved.settings.db_max_overflow) == (2, 2)
+    assert resolved.sources["db_pool_size"] == "ssm:/productos-api/db-pool-size"
