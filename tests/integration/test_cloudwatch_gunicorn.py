@@ -289,9 +289,10 @@ async def test_cloudwatch_hanging_slows_no_request_and_shutdown_stays_bounded(si
         stopped_in = time.monotonic() - started
     # The publisher kept trying (its calls hang in the proxy) ...
     assert site.proxy.of("PutMetricData", since=hung_at) == [] and attempts == []
-    # ... and no request waited on it: botocore's timeouts are seconds, these are milliseconds.
-    assert max(timings) < 0.5, max(timings)
-    assert stats.median(timings) < 0.05
+    # ... and no request waited on it: each hung call lasts the 5 s read timeout, requests take milliseconds
+    # (the bound on the slowest leaves room for a shared, busy test machine).
+    assert max(timings) < 2.0, max(timings)
+    assert stats.median(timings) < 0.05, stats.median(timings)
     assert stopped_in < 6  # within PRODUCTOS_GRACEFUL_TIMEOUT: the final flush gives up after 1.5 s
     assert "datapoints dropped" in server.output()
 
