@@ -8,11 +8,12 @@ dimension sets (the ASG copy and the per-instance copy) become one document list
 figure is written once. EMF has no counts: a distribution is written as its values repeated by their counts
 when that is at most 100 values (the format's limit per metric), else as 100 values at evenly spaced ranks
 (the percentiles stay right; ``SampleCount`` is then 100 and the exact count is in ``RequestCount``).
-A ``StatisticSet`` is written as its mean. Each line is written with one ``write`` and flushed at once.
+A ``StatisticSet`` is written as its mean. Each line is one ``write``, flushed at once, from a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sys
@@ -69,11 +70,16 @@ class EmfPublisher:
         return self._namespace
 
     async def publish(self, data: Sequence[MetricDatum]) -> None:
+        lines = [json.dumps(d, separators=(",", ":"), allow_nan=False) + "\n" for d in self.documents(data)]
+        # A full pipe (a slow log shipper) must block a thread, not the event loop that serves requests.
+        await asyncio.to_thread(self._write, lines)
+        self.lines += len(lines)
+
+    def _write(self, lines: list[str]) -> None:
         stream = self._stream or sys.stdout
-        for document in self.documents(data):
-            stream.write(json.dumps(document, separators=(",", ":"), allow_nan=False) + "\n")
+        for line in lines:
+            stream.write(line)  # one write per line: lines from other writers never land inside it
             stream.flush()
-            self.lines += 1
 
     def documents(self, data: Sequence[MetricDatum]) -> list[dict[str, Any]]:
         """The EMF documents for ``data``, in order of first appearance."""
