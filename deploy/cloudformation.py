@@ -134,6 +134,15 @@ def logical_id(kind: str, name: str) -> str:
     return kind + "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", suffix))
 
 
+def dashboard_json(body: dict[str, Any]) -> str:
+    """The dashboard's JSON with a line per widget: short enough to read in the template, and a change to
+    one widget is a change to one line."""
+    parts = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in body.items() if key != "widgets"]
+    widgets = ",\n".join(f"    {json.dumps(widget)}" for widget in body.get("widgets", []))
+    parts.append(f'  "widgets": [\n{widgets}\n  ]')
+    return "{\n" + ",\n".join(parts) + "\n}"
+
+
 def monitoring() -> dict[str, Any]:
     """The scaling policies, alarms and dashboard of ``productos aws``, as CloudFormation resources."""
     target = deployment()
@@ -156,7 +165,7 @@ def monitoring() -> dict[str, Any]:
         "Type": "AWS::CloudWatch::Dashboard",
         "Properties": {
             "DashboardName": late(board["DashboardName"]),
-            "DashboardBody": late(json.dumps(board["DashboardBody"], indent=1)),
+            "DashboardBody": late(dashboard_json(board["DashboardBody"])),
         },
     }
     return out

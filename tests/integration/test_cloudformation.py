@@ -275,13 +275,20 @@ OFFLINE = Names(
 )
 
 
-async def test_the_templates_policies_alarms_and_dashboard_are_productos_aws_output(
-    template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Names other than the defaults, so a name the template hard-codes would show."""
+@pytest.fixture
+def no_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No productos or AWS setting from the environment or a .env: only what a test sets."""
     for key in list(os.environ):
         if key.upper() in env_names() or key.startswith(("AWS_", "PRODUCTOS_")):
             monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.usefixtures("no_settings")
+async def test_the_templates_policies_alarms_and_dashboard_are_productos_aws_output(
+    template: dict[str, Any],
+) -> None:
+    """Names other than the defaults, so a name the template hard-codes would show."""
     options = cli_options(OFFLINE)
 
     policies = await productos_aws("scaling-policies", *options)
@@ -588,6 +595,7 @@ def test_moto_creates_the_network_and_the_database(moto_stack: MotoStack) -> Non
     assert parameter["Value"] == f"postgresql://{db['Endpoint']['Address']}:5432/productos?sslmode=require"
 
 
+@pytest.mark.usefixtures("no_settings")
 async def test_moto_reads_back_the_policies_alarms_and_dashboard_of_productos_aws(
     moto_stack: MotoStack,
 ) -> None:
@@ -642,6 +650,7 @@ def test_moto_creates_the_api_with_its_throttling(moto_stack: MotoStack) -> None
 # --- User Data, run as an instance would, then the service's settings from what it wrote --------------------
 
 
+@pytest.mark.usefixtures("no_settings")
 async def test_user_data_points_the_service_at_the_stacks_settings(
     moto_stack: MotoStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -695,9 +704,6 @@ async def test_user_data_points_the_service_at_the_stacks_settings(
     assert moto_stack.password not in dropin
 
     # The service, given that environment, finds its database in the stack's parameter and secret.
-    for key in list(os.environ):
-        if key.upper() in env_names() or key.startswith(("AWS_", "PRODUCTOS_")):
-            monkeypatch.delenv(key)
     for key, value in {
         **environment,
         "AWS_ENDPOINT_URL": moto_stack.endpoint,
@@ -708,7 +714,6 @@ async def test_user_data_points_the_service_at_the_stacks_settings(
         "AWS_EC2_METADATA_DISABLED": "true",
     }.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
     resolved = await resolve_settings(env_file=None)
     (db,) = moto_stack.client("rds").describe_db_instances(
         DBInstanceIdentifier=moto_stack.physical["Database"]
