@@ -3,7 +3,8 @@
 The public API: the app factory, the settings, the domain's entities, ports and errors.
 """
 
-from productos.api.app import create_app
+from productos.api.app import create_app, create_service
+from productos.bootstrap import Migrations, Runtime, open_runtime
 from productos.domain import (
     ConfigurationError,
     ConflictError,
@@ -30,17 +31,21 @@ __all__ = [
     "DatabaseUnavailableError",
     "DomainValidationError",
     "HealthProbe",
+    "Migrations",
     "NewProducto",
     "NotFoundError",
     "ProductRepository",
     "Producto",
     "ProductoPatch",
     "ProductosError",
+    "Runtime",
     "Settings",
     "StaleVersionError",
     "UnitOfWork",
     "UnitOfWorkFactory",
     "__version__",
     "create_app",
+    "create_service",
     "load_settings",
+    "open_runtime",
 ]

@@ -22,80 +22,121 @@ from productos.infra.aws.clients import AwsClients
 from productos.infra.aws.rds_iam import RdsIamTokenProvider
 from productos.infra.aws.secretsmanager import SecretDatabaseCredentials, SecretsManagerSource, supplies_login
 from productos.infra.db.engine import create_engine
+from productos.infra.db.migrate import PRODUCTOS_SCRIPT_LOCATION
 from productos.infra.db.migrate import upgrade_to_head
-from productos.infra.db.repository import SqlAlchemyHealthProbe, SqlAlchemyUnitOfWorkFactory
+from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
+from productos.infra.db.uow import SqlAlchemyHealthProbe
 from productos.infra.db.url import parse_database_url
 from productos.observability.publishing import open_metrics_publishing
 from productos.services.productos import ProductService
-from productos.settings import Settings, open_settings
+from productos.settings import ResolvedSettings, Settings, open_settings
 
 logger = logging.getLogger("productos.bootstrap")
 
 
 @dataclass(frozen=True)
-class Container:
-    """Everything a request needs, built once per process."""
+class Migrations:
+    """A service's Alembic migrations: a ``package:folder`` script location and its own version table."""
+
+    script_location: str
+    version_table: str = "alembic_version"
+
+
+PRODUCTOS_MIGRATIONS = Migrations(PRODUCTOS_SCRIPT_LOCATION)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runtime:
+    """What every productos service shares, built once per process: settings, engine, health, AWS clients."""
 
     settings: Settings
     engine: AsyncEngine
-    uow_factory: UnitOfWorkFactory
     health: HealthProbe
-    productos: ProductService
     #: One aioboto3 session and one client per service, shared by every AWS adapter of the process.
     aws: AwsClients | None = None
-    #: Where each setting came from (``env``, ``ssm:/...``), when the container resolved them.
+    #: Where each setting came from (``env``, ``ssm:/...``), when the runtime resolved them.
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Container(Runtime):
+    """The products service: the shared runtime plus its unit of work and use cases."""
+
+    uow_factory: UnitOfWorkFactory
+    productos: ProductService
+
+
 @asynccontextmanager
-async def open_container(
-    settings: Settings | None = None,
+async def open_runtime(
+    settings: Settings | ResolvedSettings | None = None,
     *,
     sources: Sequence[SettingsSource] = (),
     env_file: str | Path | None = ".env",
-) -> AsyncIterator[Container]:
-    """Create the AWS clients, the engine and the services; close them all on exit.
+    migrations: Sequence[Migrations] = (),
+) -> AsyncIterator[Runtime]:
+    """Create the AWS clients, the engine and the metrics publisher; close them all on exit.
 
     Args:
-        settings: the service's settings. When omitted they are resolved here (``open_settings``), and the
-            AWS clients that read them stay open for the container's life: one session, one client per
-            service, for loading, secret rotation and every other AWS adapter.
+        settings: the service's settings, or settings already resolved by ``open_settings`` (whose AWS clients
+            and cached secret are then reused). When omitted they are resolved here, and the AWS clients that
+            read them stay open for the runtime's life: one session, one client per service, for loading,
+            secret rotation and every other AWS adapter.
         sources: your own settings sources (when ``settings`` is omitted).
         env_file: the ``.env`` file (when ``settings`` is omitted).
+        migrations: applied at start when the settings say so (the embedded SQLite database, by default).
 
     Raises:
         ConfigurationError: the settings or a source are invalid.
     """
     async with AsyncExitStack() as stack:
-        secret = None
-        resolved_sources: Mapping[str, str] = {}
         if settings is None:
-            resolved = await stack.enter_async_context(open_settings(env_file=env_file, sources=sources))
-            settings, resolved_sources, aws, secret = (
-                resolved.settings,
-                resolved.sources,
-                resolved.aws,
-                resolved.secret,
-            )
-        else:
-            aws = None
+            settings = await stack.enter_async_context(open_settings(env_file=env_file, sources=sources))
+        resolved = settings if isinstance(settings, ResolvedSettings) else ResolvedSettings(settings, {})
+        aws = resolved.aws
         if aws is None:
-            aws = await stack.enter_async_context(AwsClients.from_settings(settings))
-        engine = await stack.enter_async_context(open_engine(settings, aws=aws, secret=secret))
-        if settings.should_migrate_on_start:
-            await upgrade_to_head(engine)
-        uow_factory = SqlAlchemyUnitOfWorkFactory(engine, acquire_timeout=settings.db_pool_timeout)
+            aws = await stack.enter_async_context(AwsClients.from_settings(resolved.settings))
+        engine = await stack.enter_async_context(open_engine(resolved.settings, aws=aws, secret=resolved.secret))
+        if resolved.settings.should_migrate_on_start:
+            for migration in migrations:
+                await upgrade_to_head(
+                    engine, script_location=migration.script_location, version_table=migration.version_table
+                )
         # PRODUCTOS_METRICS_PUBLISHER: one worker per instance publishes; its final flush precedes disposal.
-        await stack.enter_async_context(open_metrics_publishing(settings, aws=aws))
-        yield Container(
-            settings=settings,
+        await stack.enter_async_context(open_metrics_publishing(resolved.settings, aws=aws))
+        yield Runtime(
+            settings=resolved.settings,
             engine=engine,
-            uow_factory=uow_factory,
             health=SqlAlchemyHealthProbe(engine),
-            productos=ProductService(uow_factory),
             aws=aws,
-            sources=resolved_sources,
+            sources=resolved.sources,
         )
+
+
+def product_container(runtime: Runtime) -> Container:
+    """The products service's objects on ``runtime``."""
+    uow_factory = SqlAlchemyUnitOfWorkFactory(runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout)
+    return Container(
+        settings=runtime.settings,
+        engine=runtime.engine,
+        health=runtime.health,
+        aws=runtime.aws,
+        sources=runtime.sources,
+        uow_factory=uow_factory,
+        productos=ProductService(uow_factory),
+    )
+
+
+@asynccontextmanager
+async def open_container(
+    settings: Settings | ResolvedSettings | None = None,
+    *,
+    sources: Sequence[SettingsSource] = (),
+    env_file: str | Path | None = ".env",
+) -> AsyncIterator[Container]:
+    """The products service's runtime and use cases (``open_runtime`` with its migrations), for programs and
+    jobs that use productos without HTTP."""
+    async with open_runtime(settings, sources=sources, env_file=env_file, migrations=[PRODUCTOS_MIGRATIONS]) as rt:
+        yield product_container(rt)
 
 
 @asynccontextmanager

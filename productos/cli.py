@@ -50,7 +50,7 @@ def _migrate(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    from productos.infra.db.repository import translate_db_errors
+    from productos.infra.db.uow import translate_db_errors
 
     async def guarded() -> None:
         async with translate_db_errors():
@@ -84,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     migrate = commands.add_parser("migrate", help="upgrade the database to the newest migration")
-    migrate.add_argument("--script-location", default="productos.infra.db:migrations", help=argparse.SUPPRESS)
-    migrate.add_argument("--version-table", default="alembic_version", help=argparse.SUPPRESS)
+    migrate.add_argument(
+        "--script-location",
+        default="productos.infra.db:migrations",
+        help="another service's migrations, as package:folder (default: the products service's)",
+    )
+    migrate.add_argument("--version-table", default="alembic_version", help="that service's Alembic version table")
     migrate.set_defaults(handler=_migrate)
 
     check = commands.add_parser("check", help="diagnose configuration and database reachability")

@@ -1,26 +1,29 @@
-"""The FastAPI application factory."""
+"""Application factories: ``create_service`` for any productos service, ``create_app`` for the products API."""
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
 from productos.api.errors import install_error_handlers
 from productos.api.middleware import BodySizeLimitMiddleware
 from productos.api.routes import health, metrics, productos
-from productos.bootstrap import open_container
+from productos.bootstrap import PRODUCTOS_MIGRATIONS, Migrations, Runtime, open_runtime, product_container
 from productos.observability.logging import configure_logging
 from productos.observability.middleware import RequestContextMiddleware
 from productos.observability.telemetry import Telemetry, open_telemetry
-from productos.settings import Settings, load_settings
+from productos.settings import ResolvedSettings, Settings, open_settings
 
 logger = logging.getLogger("productos.app")
+
+#: Lifespan-state key of the ``Runtime`` (``request.state.runtime``).
+RUNTIME = "runtime"
 
 # Recent FastAPI (0.165 here) traces and measures each request itself once a global OpenTelemetry provider is
 # set, as productos sets one. RequestContextMiddleware already does, once: FastAPI's would time it again.
@@ -30,49 +33,98 @@ _FASTAPI_TELEMETRY_OFF: dict[str, Any] = (
     else {}
 )
 
+#: Builds a service's own objects (use cases, repositories) from the runtime; they join the lifespan state,
+#: so ``request.state.<key>`` reaches them.
+StateBuilder = Callable[[Runtime], Mapping[str, Any]]
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the products service.
+
+def create_service(
+    *,
+    title: str,
+    routers: Sequence[APIRouter] = (),
+    settings: Settings | None = None,
+    migrations: Sequence[Migrations] = (),
+    state: StateBuilder | None = None,
+    description: str = "",
+    version: str = "0.1.0",
+) -> FastAPI:
+    """Build a FastAPI service on the productos runtime.
+
+    Every service gets the same production edge: settings from the environment, ``.env``, SSM and Secrets
+    Manager (loaded in each worker at start, never at import); one engine and pool per process; ``/health``,
+    ``/health/live`` and ``/metrics``; JSON logs, metrics and traces for every request and query; bad input as
+    4xx with a ``detail``; request bodies bounded; CloudWatch publishing when configured.
 
     Args:
-        settings: the service's settings. When omitted they are loaded (``load_settings()``) when the app
-            starts, in each worker: importing the app reads no configuration and opens no connection.
+        title: the OpenAPI title, also the welcome message's name.
+        routers: the service's routes.
+        settings: explicit settings; when omitted they are loaded when the app starts.
+        migrations: the service's Alembic migrations, applied at start on the embedded SQLite database
+            (``productos migrate --script-location ... --version-table ...`` applies them elsewhere).
+        state: builds the service's own objects from the runtime (see ``StateBuilder``).
+        description: the OpenAPI description.
+        version: the OpenAPI version.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        resolved = settings or await load_settings()
-        configure_logging(resolved.log_level)
-        # Telemetry per worker, after gunicorn's fork: its exporters run threads. Closed last, so it exports
-        # everything the container's shutdown does.
-        async with open_telemetry(resolved) as telemetry, open_container(resolved) as container:
-            telemetry.instrument_engine(container.engine)
-            logger.info("started", extra={"service": resolved.service_name})
+        async with AsyncExitStack() as stack:
+            if settings is not None:
+                resolved = ResolvedSettings(settings, {})
+            else:
+                resolved = await stack.enter_async_context(open_settings())
+            configure_logging(resolved.settings.log_level)
+            # Telemetry per worker, after gunicorn's fork: its exporters run threads. Entered first so it is
+            # closed last, and exports everything the runtime's shutdown does.
+            telemetry = await stack.enter_async_context(open_telemetry(resolved.settings))
+            runtime = await stack.enter_async_context(open_runtime(resolved, migrations=migrations))
+            telemetry.instrument_engine(runtime.engine)
+            service_name = runtime.settings.service_name
+            logger.info("started", extra={"service": service_name})
             yield {
-                "container": container,
-                BodySizeLimitMiddleware.STATE_KEY: resolved.max_body_size,
+                RUNTIME: runtime,
+                BodySizeLimitMiddleware.STATE_KEY: runtime.settings.max_body_size,
                 Telemetry.STATE_KEY: telemetry,
+                **(state(runtime) if state is not None else {}),
             }
-        logger.info("stopped", extra={"service": resolved.service_name})
+        logger.info("stopped", extra={"service": service_name})
 
     app = FastAPI(
-        title="productos-api",
-        version="0.1.0",
-        description="Products API of productos: CRUD over async repositories, health probes.",
+        title=title,
+        version=version,
+        description=description,
         lifespan=lifespan,
         redirect_slashes=False,
         **_FASTAPI_TELEMETRY_OFF,
     )
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(productos.router)
     app.include_router(metrics.router)
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/", tags=["meta"])
     async def root() -> JSONResponse:
         """Welcome message."""
-        return JSONResponse({"message": "Bienvenido a productos-api", "docs": "/docs", "health": "/health"})
+        return JSONResponse({"message": f"Bienvenido a {title}", "docs": "/docs", "health": "/health"})
 
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the products service.
+
+    Args:
+        settings: the service's settings. When omitted they are loaded when the app starts, in each worker:
+            importing the app reads no configuration and opens no connection.
+    """
+    return create_service(
+        title="productos-api",
+        description="Products API of productos: CRUD over async repositories, health probes.",
+        routers=[productos.router],
+        settings=settings,
+        migrations=[PRODUCTOS_MIGRATIONS],
+        state=lambda runtime: {"container": product_container(runtime)},
+    )

@@ -6,8 +6,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from productos.bootstrap import Container
+from productos.bootstrap import Container, Runtime
 from productos.services.productos import ProductService
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The shared runtime of any productos service (settings, engine, health, AWS clients)."""
+    runtime: Runtime = request.state.runtime
+    return runtime
 
 
 def get_container(request: Request) -> Container:
@@ -19,5 +25,6 @@ def get_product_service(request: Request) -> ProductService:
     return get_container(request).productos
 
 
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ContainerDep = Annotated[Container, Depends(get_container)]
 ProductServiceDep = Annotated[ProductService, Depends(get_product_service)]

@@ -5,18 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from productos.api.deps import ContainerDep
+from productos.api.deps import RuntimeDep
 from productos.domain.errors import DatabaseUnavailableError
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", responses={503: {"description": "The database is unreachable"}})
-async def health(container: ContainerDep) -> JSONResponse:
+async def health(runtime: RuntimeDep) -> JSONResponse:
     """Readiness: the database answers within the health timeout (the ALB's check gets an answer in < 5 s)."""
-    service = container.settings.service_name
+    service = runtime.settings.service_name
     try:
-        await container.health.ping(container.settings.health_timeout)
+        await runtime.health.ping(runtime.settings.health_timeout)
     except DatabaseUnavailableError:
         return JSONResponse(
             {"status": "unhealthy", "service": service, "database": "unreachable"},
@@ -30,8 +30,8 @@ async def health(container: ContainerDep) -> JSONResponse:
 
 
 @router.get("/health/live")
-async def liveness(container: ContainerDep) -> JSONResponse:
+async def liveness(runtime: RuntimeDep) -> JSONResponse:
     """Liveness: the process serves requests. Never touches the database."""
     return JSONResponse(
-        {"status": "alive", "service": container.settings.service_name}, headers={"Cache-Control": "no-store"}
+        {"status": "alive", "service": runtime.settings.service_name}, headers={"Cache-Control": "no-store"}
     )

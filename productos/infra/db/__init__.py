@@ -8,6 +8,7 @@ from productos.infra.db.repository import (
     SqlAlchemyUnitOfWork,
     SqlAlchemyUnitOfWorkFactory,
 )
+from productos.infra.db.uow import SqlAlchemyUnitOfWorkBase, translate_db_errors
 from productos.infra.db.url import DatabaseTarget, parse_database_url
 
 __all__ = [
@@ -15,8 +16,10 @@ __all__ = [
     "SqlAlchemyHealthProbe",
     "SqlAlchemyProductRepository",
     "SqlAlchemyUnitOfWork",
+    "SqlAlchemyUnitOfWorkBase",
     "SqlAlchemyUnitOfWorkFactory",
     "create_engine",
     "parse_database_url",
+    "translate_db_errors",
     "upgrade_to_head",
 ]

@@ -9,15 +9,39 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.infra.db.engine import transactional
 
-PRODUCTOS_MIGRATIONS = "productos.infra.db:migrations"
+PRODUCTOS_SCRIPT_LOCATION = "productos.infra.db:migrations"
 
 
-def alembic_config(script_location: str = PRODUCTOS_MIGRATIONS, version_table: str = "alembic_version") -> Config:
+def run_migrations(target_metadata: MetaData | None = None) -> None:
+    """The body of a service's Alembic ``env.py``: migrate on the connection ``upgrade_to_head`` passes.
+
+    A service built on productos ships ``<package>/migrations/env.py`` with just::
+
+        from productos.infra.db.migrate import run_migrations
+        from mypackage.tables import metadata
+        run_migrations(metadata)
+    """
+    from alembic import context
+
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError("run migrations with `productos migrate` (productos.infra.db.migrate.upgrade_to_head)")
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        version_table=context.config.attributes.get("version_table", "alembic_version"),
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def alembic_config(script_location: str = PRODUCTOS_SCRIPT_LOCATION, version_table: str = "alembic_version") -> Config:
     """An Alembic config that needs no alembic.ini: works after a non-editable ``pip install``."""
     config = Config()
     config.set_main_option("script_location", script_location)
@@ -28,7 +52,7 @@ def alembic_config(script_location: str = PRODUCTOS_MIGRATIONS, version_table: s
 async def upgrade_to_head(
     engine: AsyncEngine,
     *,
-    script_location: str = PRODUCTOS_MIGRATIONS,
+    script_location: str = PRODUCTOS_SCRIPT_LOCATION,
     version_table: str = "alembic_version",
 ) -> None:
     """Upgrade the database of ``engine`` to the newest revision of ``script_location``.

@@ -2,44 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from productos.domain.errors import ConflictError, DatabaseUnavailableError, StaleVersionError
+from productos.domain.errors import StaleVersionError
 from productos.domain.models import NewProducto, Producto, ProductoPatch
-from productos.infra.db.engine import TRANSACTIONAL_ISOLATION
 from productos.infra.db.tables import productos_table as t
+from productos.infra.db.uow import SqlAlchemyHealthProbe, SqlAlchemyUnitOfWorkBase, translate_db_errors
 
-_UNAVAILABLE = "database unavailable"
+__all__ = [
+    "SqlAlchemyHealthProbe",
+    "SqlAlchemyProductRepository",
+    "SqlAlchemyUnitOfWork",
+    "SqlAlchemyUnitOfWorkFactory",
+    "translate_db_errors",
+]
 _COLUMNS = (t.c.id, t.c.nombre, t.c.descripcion, t.c.precio, t.c.stock, t.c.created_at, t.c.updated_at, t.c.version)
-
-
-def _is_connectivity_error(exc: BaseException) -> bool:
-    if isinstance(exc, PoolTimeoutError | OperationalError | InterfaceError | OSError | TimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
-@asynccontextmanager
-async def translate_db_errors() -> AsyncIterator[None]:
-    """Map driver and pool errors onto domain errors, chained, with messages safe for clients."""
-    try:
-        yield
-    except IntegrityError as exc:
-        raise ConflictError("the change conflicts with stored data") from exc
-    except (DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
-        if _is_connectivity_error(exc):
-            raise DatabaseUnavailableError(_UNAVAILABLE) from exc
-        raise
 
 
 def _to_producto(row: Row[Any]) -> Producto:
@@ -127,56 +109,13 @@ class SqlAlchemyProductRepository:
         return result.first() is not None
 
 
-class SqlAlchemyUnitOfWork:
-    """One connection and transaction from the engine's pool; read-only work runs in autocommit (one round trip
-    per statement)."""
+class SqlAlchemyUnitOfWork(SqlAlchemyUnitOfWorkBase):
+    """The products unit of work: ``productos`` is the repository on this unit's connection."""
 
     productos: SqlAlchemyProductRepository
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, acquire_timeout: float | None = None) -> None:
-        self._engine = engine
-        self._read_only = read_only
-        self._acquire_timeout = acquire_timeout
-        self._conn: AsyncConnection | None = None
-
-    async def __aenter__(self) -> Self:
-        # One deadline over the pool wait, the pre-ping and a new connection's login: when the database hangs,
-        # a request fails with 503 after ``acquire_timeout`` instead of after each of those timeouts in turn.
-        async with translate_db_errors(), asyncio.timeout(self._acquire_timeout):
-            conn = await self._engine.connect()
-        if not self._read_only:
-            # Pooled connections are in autocommit (see engine.POOL_ISOLATION); writes get a real transaction.
-            # Setting the level costs no round trip; the pool restores autocommit when the connection returns.
-            conn = await conn.execution_options(isolation_level=TRANSACTIONAL_ISOLATION[conn.dialect.name])
-        self._conn = conn
-        self.productos = SqlAlchemyProductRepository(conn)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            async with translate_db_errors():
-                if conn.in_transaction():
-                    await conn.rollback()
-        finally:
-            await conn.close()
-
-    async def commit(self) -> None:
-        assert self._conn is not None, "commit() outside 'async with'"
-        async with translate_db_errors():
-            await self._conn.commit()
-
-    async def rollback(self) -> None:
-        assert self._conn is not None, "rollback() outside 'async with'"
-        async with translate_db_errors():
-            await self._conn.rollback()
+    def _bind(self, connection: AsyncConnection) -> None:
+        self.productos = SqlAlchemyProductRepository(connection)
 
 
 class SqlAlchemyUnitOfWorkFactory:
@@ -188,18 +127,3 @@ class SqlAlchemyUnitOfWorkFactory:
 
     def __call__(self, *, read_only: bool = False) -> SqlAlchemyUnitOfWork:
         return SqlAlchemyUnitOfWork(self.engine, read_only=read_only, acquire_timeout=self.acquire_timeout)
-
-
-class SqlAlchemyHealthProbe:
-    """``HealthProbe``: a ``SELECT 1`` on a pooled connection, bounded by a timeout."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
-    async def ping(self, timeout: float) -> None:
-        try:
-            async with translate_db_errors(), asyncio.timeout(timeout):
-                async with self._engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-        except TimeoutError as exc:
-            raise DatabaseUnavailableError(_UNAVAILABLE) from exc
