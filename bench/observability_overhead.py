@@ -42,6 +42,8 @@ MODES: dict[str, dict[str, str]] = {
     "on": {"PRODUCTOS_METRICS_ENABLED": "true", "PRODUCTOS_TRACING_ENABLED": "true"},
     "off": {"PRODUCTOS_METRICS_ENABLED": "false", "PRODUCTOS_TRACING_ENABLED": "false"},
 }
+#: ``--bare``: also off, with no access log either (LOG_LEVEL=warning): what the JSON access line costs.
+BARE = {**MODES["off"], "LOG_LEVEL": "warning"}
 
 # Random ids per request; done() prints the figures as one JSON line.
 WRK_SCRIPT = """
@@ -79,6 +81,9 @@ class Report:
     def of(self, mode: str) -> list[Measurement]:
         return [m for m in self.measurements if m.mode == mode]
 
+    def modes(self) -> list[str]:
+        return list(dict.fromkeys(m.mode for m in self.measurements))
+
     def summary(self) -> dict[str, Any]:
         medians = {
             mode: {
@@ -87,16 +92,21 @@ class Report:
                 "p50_ms": statistics.median(m.p50_ms for m in self.of(mode)),
                 "worker_cpu_us": statistics.median(m.worker_cpu_us for m in self.of(mode)),
             }
-            for mode in MODES
+            for mode in self.modes()
         }
         on, off = medians["on"], medians["off"]
-        return {
+        summary = {
             "medians": medians,
             "ratio_requests_per_s": on["requests_per_s"] / off["requests_per_s"],
             "ratio_p99": on["p99_ms"] / off["p99_ms"],
             "throughput_cost_percent": 100 * (1 - on["requests_per_s"] / off["requests_per_s"]),
             "ratio_worker_cpu": on["worker_cpu_us"] / off["worker_cpu_us"],
         }
+        if "bare" in medians:
+            bare = medians["bare"]
+            summary["ratio_requests_per_s_vs_bare"] = on["requests_per_s"] / bare["requests_per_s"]
+            summary["ratio_worker_cpu_vs_bare"] = on["worker_cpu_us"] / bare["worker_cpu_us"]
+        return summary
 
     def markdown(self) -> str:
         lines = [
@@ -127,6 +137,11 @@ class Report:
             f"on/off: req/s x {s['ratio_requests_per_s']:.3f} ({s['throughput_cost_percent']:+.1f}% cost), "
             f"p99 x {s['ratio_p99']:.3f}, worker CPU per request x {s['ratio_worker_cpu']:.3f}",
         ]
+        if "ratio_requests_per_s_vs_bare" in s:
+            lines.append(
+                f"on/bare (no access log either): req/s x {s['ratio_requests_per_s_vs_bare']:.3f}, "
+                f"worker CPU per request x {s['ratio_worker_cpu_vs_bare']:.3f}"
+            )
         return "\n".join(lines)
 
 
@@ -249,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server (2)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument("--bare", action="store_true", help="a third server: off and no access log")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     wrk = shutil.which("wrk")
@@ -262,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         script = workdir / "get.lua"
         script.write_text(WRK_SCRIPT)
         url = stack.enter_context(scratch_database(workdir))
+        modes = {**MODES, **({"bare": BARE} if args.bare else {})}
         servers = {
             mode: stack.enter_context(gunicorn(workdir, mode, {"DATABASE_URL": url, **env}))
-            for mode, env in MODES.items()
+            for mode, env in modes.items()
         }
         assert httpx.get(f"{servers['on'][0]}/metrics").status_code == 200
         assert httpx.get(f"{servers['off'][0]}/metrics").status_code == 404
