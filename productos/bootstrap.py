@@ -95,7 +95,9 @@ async def open_runtime(
         aws = resolved.aws
         if aws is None:
             aws = await stack.enter_async_context(AwsClients.from_settings(resolved.settings))
-        engine = await stack.enter_async_context(open_engine(resolved.settings, aws=aws, secret=resolved.secret))
+        engine = await stack.enter_async_context(
+            open_engine(resolved.settings, aws=aws, secret=resolved.secret)
+        )
         if resolved.settings.should_migrate_on_start:
             for migration in migrations:
                 await upgrade_to_head(
@@ -114,7 +116,9 @@ async def open_runtime(
 
 def product_container(runtime: Runtime) -> Container:
     """The products service's objects on ``runtime``."""
-    uow_factory = SqlAlchemyUnitOfWorkFactory(runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout)
+    uow_factory = SqlAlchemyUnitOfWorkFactory(
+        runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout
+    )
     return Container(
         settings=runtime.settings,
         engine=runtime.engine,
@@ -135,7 +139,9 @@ async def open_container(
 ) -> AsyncIterator[Container]:
     """The products service's runtime and use cases (``open_runtime`` with its migrations), for programs and
     jobs that use productos without HTTP."""
-    async with open_runtime(settings, sources=sources, env_file=env_file, migrations=[PRODUCTOS_MIGRATIONS]) as rt:
+    async with open_runtime(
+        settings, sources=sources, env_file=env_file, migrations=[PRODUCTOS_MIGRATIONS]
+    ) as rt:
         yield product_container(rt)
 
 

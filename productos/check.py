@@ -61,7 +61,9 @@ def settings_rows(resolved: ResolvedSettings) -> list[dict[str, str]]:
     ]
 
 
-async def _timed(name: str, action: Callable[[], Awaitable[str]], hint: Callable[[BaseException], str]) -> Step:
+async def _timed(
+    name: str, action: Callable[[], Awaitable[str]], hint: Callable[[BaseException], str]
+) -> Step:
     start = time.perf_counter()
     try:
         detail = await action()
@@ -115,7 +117,9 @@ async def _database_steps(settings: Settings, target: DatabaseTarget) -> list[St
         await _timed(
             "dns",
             dns,
-            lambda _: f"{host} does not resolve: check the RDS endpoint in DATABASE_URL and the VPC's DNS settings",
+            lambda _: (
+                f"{host} does not resolve: check the RDS endpoint in DATABASE_URL and the VPC's DNS settings"
+            ),
         )
     )
     if not steps[-1].ok:
@@ -150,7 +154,12 @@ async def _sqlite_steps(settings: Settings, target: DatabaseTarget) -> list[Step
         folder = Path(database).resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             return [
-                Step("file", False, f"{folder} is missing or not writable", hint="create the folder or fix its permissions")
+                Step(
+                    "file",
+                    False,
+                    f"{folder} is missing or not writable",
+                    hint="create the folder or fix its permissions",
+                )
             ]
     return await _engine_steps(settings)
 
@@ -165,7 +174,9 @@ async def _engine_steps(settings: Settings) -> list[Step]:
             conn = await asyncio.wait_for(engine.connect(), settings.db_connect_timeout + 1)
             conn_holder.append(conn)
             if engine.dialect.name == "postgresql":
-                row = (await conn.execute(text("SELECT current_user, current_setting('server_version')"))).one()
+                row = (
+                    await conn.execute(text("SELECT current_user, current_setting('server_version')"))
+                ).one()
                 return f"logged in as {row[0]}, PostgreSQL {row[1]}"
             return "opened the SQLite database"
 
@@ -178,7 +189,9 @@ async def _engine_steps(settings: Settings) -> list[Step]:
             await conn.execute(text("SELECT 1"))
             return "SELECT 1"
 
-        steps.append(await _timed("query", query, lambda _: "the database accepted the login but not a query"))
+        steps.append(
+            await _timed("query", query, lambda _: "the database accepted the login but not a query")
+        )
 
         async def schema() -> str:
             from alembic.migration import MigrationContext

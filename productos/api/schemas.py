@@ -19,9 +19,7 @@ from productos.domain.models import (
     ProductoPatch,
 )
 
-Nombre = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NOMBRE_MAX_LENGTH)
-]
+Nombre = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NOMBRE_MAX_LENGTH)]
 Descripcion = Annotated[str, StringConstraints(max_length=DESCRIPCION_MAX_LENGTH)]
 Precio = Annotated[
     Decimal,
@@ -50,7 +48,9 @@ class ProductoIn(BaseModel):
     stock: Stock = 0
 
     def to_domain(self) -> NewProducto:
-        return NewProducto(nombre=self.nombre, descripcion=self.descripcion, precio=self.precio, stock=self.stock)
+        return NewProducto(
+            nombre=self.nombre, descripcion=self.descripcion, precio=self.precio, stock=self.stock
+        )
 
 
 class ProductoPatchIn(BaseModel):

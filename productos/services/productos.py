@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 from productos.domain.errors import NotFoundError
 from productos.domain.models import NewProducto, Producto, ProductoPatch, is_valid_id
 from productos.domain.ports import UnitOfWorkFactory
+from productos.services.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, clamp_limit, page_of
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: Sequence[Producto]
-    #: The ``after`` cursor of the next page, or ``None`` on the last page.
-    next_after: int | None
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "Page", "ProductService"]
 
 
 class ProductService:
@@ -35,14 +25,11 @@ class ProductService:
             raise NotFoundError(f"Producto {producto_id} no encontrado")
         return producto
 
-    async def list(self, *, after: int = 0, limit: int = DEFAULT_PAGE_SIZE) -> Page:
-        limit = max(1, min(limit, MAX_PAGE_SIZE))
+    async def list(self, *, after: int = 0, limit: int = DEFAULT_PAGE_SIZE) -> Page[Producto]:
+        limit = clamp_limit(limit)
         async with self._uow(read_only=True) as uow:
-            # One extra row tells whether a next page exists without a COUNT.
             rows = await uow.productos.list(after=after, limit=limit + 1)
-        items = rows[:limit]
-        next_after = items[-1].id if len(rows) > limit else None
-        return Page(items=items, next_after=next_after)
+        return page_of(rows, limit)
 
     async def create(self, producto: NewProducto) -> Producto:
         async with self._uow() as uow:

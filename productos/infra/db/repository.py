@@ -21,7 +21,16 @@ __all__ = [
     "SqlAlchemyUnitOfWorkFactory",
     "translate_db_errors",
 ]
-_COLUMNS = (t.c.id, t.c.nombre, t.c.descripcion, t.c.precio, t.c.stock, t.c.created_at, t.c.updated_at, t.c.version)
+_COLUMNS = (
+    t.c.id,
+    t.c.nombre,
+    t.c.descripcion,
+    t.c.precio,
+    t.c.stock,
+    t.c.created_at,
+    t.c.updated_at,
+    t.c.version,
+)
 
 
 def _to_producto(row: Row[Any]) -> Producto:
@@ -91,7 +100,9 @@ class SqlAlchemyProductRepository:
         async with translate_db_errors():
             row = (await self._conn.execute(statement)).first()
             if row is None and expected_version is not None and await self._exists(producto_id):
-                raise StaleVersionError(f"Producto {producto_id} was modified: version is not {expected_version}")
+                raise StaleVersionError(
+                    f"Producto {producto_id} was modified: version is not {expected_version}"
+                )
         return None if row is None else _to_producto(row)
 
     async def delete(self, producto_id: int, *, expected_version: int | None = None) -> bool:
@@ -101,7 +112,9 @@ class SqlAlchemyProductRepository:
         async with translate_db_errors():
             deleted = (await self._conn.execute(statement)).first() is not None
             if not deleted and expected_version is not None and await self._exists(producto_id):
-                raise StaleVersionError(f"Producto {producto_id} was modified: version is not {expected_version}")
+                raise StaleVersionError(
+                    f"Producto {producto_id} was modified: version is not {expected_version}"
+                )
         return deleted
 
     async def _exists(self, producto_id: int) -> bool:

@@ -46,7 +46,9 @@ class SqlAlchemyUnitOfWorkBase:
     autocommit: one round trip per statement. Leaving without ``commit()`` rolls back.
     """
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, acquire_timeout: float | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, read_only: bool = False, acquire_timeout: float | None = None
+    ) -> None:
         self._engine = engine
         self._read_only = read_only
         self._acquire_timeout = acquire_timeout
