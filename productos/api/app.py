@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -73,6 +74,10 @@ def create_service(
                 resolved = ResolvedSettings(settings, {})
             else:
                 resolved = await stack.enter_async_context(open_settings())
+                if resolved.sources.get("service_name") == "default":
+                    # A service is named after its title unless PRODUCTOS_SERVICE_NAME says otherwise.
+                    named = resolved.settings.model_copy(update={"service_name": title})
+                    resolved = dataclasses.replace(resolved, settings=named)
             configure_logging(resolved.settings.log_level)
             # Telemetry per worker, after gunicorn's fork: its exporters run threads. Entered first so it is
             # closed last, and exports everything the runtime's shutdown does.

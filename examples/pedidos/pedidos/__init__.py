@@ -1,0 +1,1 @@
+"""pedidos: an orders service built on the productos library."""
