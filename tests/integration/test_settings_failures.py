@@ -273,7 +273,7 @@ async def test_app_start_up_stops(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> 
         async with open_container():
             pass
     with pytest.raises(ConfigurationError, match=r"productos/db.*not valid JSON"):
-        async with LifespanManager(create_app()):
+        async with LifespanManager(create_app(), startup_timeout=60):
             pass
 
 
