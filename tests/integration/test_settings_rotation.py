@@ -115,6 +115,12 @@ async def rotate_by_hand(aws: Aws, cluster: PasswordCluster, database: str, role
     await set_password(cluster, role, password)
 
 
+async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 @asynccontextmanager
 async def traffic(client: httpx.AsyncClient, workers: int = 8) -> AsyncIterator[Counter[str]]:
     """Requests from ``workers`` concurrent clients until the block ends; counts outcomes."""
@@ -173,14 +179,12 @@ async def test_rotation_while_requests_flow_fails_no_request(
         ) as client,
         traffic(client) as outcomes,
     ):
-        await asyncio.sleep(0.3)
+        await until(lambda: outcomes["ok"] >= 8)
         before, ok_before = len(new_logins), outcomes["ok"]
         await rotate(aws, password_cluster, database, role, PASSWORDS[1])
         # Requests keep flowing until new connections have logged in with the new password, and a while after.
-        deadline = time.monotonic() + 10
-        while (role, PASSWORDS[1]) not in new_logins[before:] and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.3)
+        await until(lambda: (role, PASSWORDS[1]) in new_logins[before:])
+        await until(lambda: outcomes["ok"] >= ok_before + 16)
 
     failures = sum(n for outcome, n in outcomes.items() if outcome != "ok")
     print(f"\nrotation ({rotate.__name__}, ttl {ttl}): {dict(outcomes)}; new connections: {len(new_logins)}")
