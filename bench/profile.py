@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import seed
-from bench.harness import BENCH_DIR, DEEP_ROWS, SMALL_ROWS, Server, contenders, run_wrk
+from bench.harness import BENCH_DIR, DEEP_ROWS, SMALL_ROWS, Server, contenders, run_wrk, variant
 from bench.run import _env_pair, preflight
 
 #: Layers of a request, as regular expressions over py-spy frames ("function (file:line)"). Inclusive: a
@@ -105,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=15, help="seconds of load and of recording")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--contender", default="a", help="which contender to profile (default a, productos)")
+    parser.add_argument(
+        "--variant", metavar="NAME:ENV=VALUE,...", help="profile this variant of productos instead"
+    )
     parser.add_argument("--productos-env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--tag", default="profile")
@@ -113,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if py_spy is None:
         raise SystemExit("py-spy is not installed: pip install 'productos[bench]'")
     contender = contenders(dict(args.productos_env))[args.contender]
+    if args.variant:
+        contender = variant(contender, args.variant)
     scenario = {s.key: s for s in (*contender.small, *contender.deep)}[args.scenario]
     rows = DEEP_ROWS if args.scenario.endswith("_1m") else SMALL_ROWS
     stem = f"{dt.date.today().isoformat()}-{args.tag}-{contender.name}-{scenario.key}-c{args.connections}"
@@ -143,9 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = (workdir / f"{pid}.txt").read_text()
         (args.out / f"{stem}-{pid}.txt").write_text(text)
         stacks += parse_collapsed(text)
+    command = shlex.join(["python", "-m", "bench.profile", *(sys.argv[1:] if argv is None else argv)])
     header = (
         f"# Profile of {contender.name}: {scenario.method} {scenario.first_path} at c{args.connections}\n\n"
-        f"`python -m bench.profile {' '.join(argv or [])}`; under py-spy: {load.rps:,.0f} req/s, "
+        f"`{command}`; under py-spy: {load.rps:,.0f} req/s, "
         f"p50 {load.p50_ms} ms, p99 {load.p99_ms} ms, {load.errors} errors.\n\n"
     )
     summary = header + summarize(stacks)
