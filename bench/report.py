@@ -241,6 +241,15 @@ def write_readme(readme: Path, section: str) -> None:
     readme.write_text(text[:start] + "\n" + section + text[end:])
 
 
+_SHORT = {
+    "get_id": "GET by id",
+    "list_50": "list 50",
+    "post": "POST",
+    "first_page_1m": "1M: first page",
+    "deep_page_1m": "1M: deep page",
+}
+
+
 def chart(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -251,7 +260,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
     order = meta["order"]
     groups = [(s, str(c)) for s in SCENARIOS for c in meta["connections"] if any(
         summary.get(k, {}).get(s, {}).get(str(c)) for k in order)]  # fmt: skip
-    labels = [f"{SCENARIO_TITLES[s]}\nc{c}" for s, c in groups]
+    labels = [f"{_SHORT[s]}\nc{c}" for s, c in groups]
     fig, axes = plt.subplots(2, 1, figsize=(max(10, 1.3 * len(groups)), 9), sharex=True)
     width = 0.8 / len(order)
     for i, key in enumerate(order):
@@ -274,3 +283,27 @@ def chart(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report results/<date>.json [--readme]``: redraw the chart (and README section)."""
+    import argparse
+    import json
+
+    from bench.harness import BENCH_DIR
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("json", type=Path)
+    parser.add_argument(
+        "--readme", action="store_true", help="also rewrite bench/README.md's results section"
+    )
+    args = parser.parse_args(argv)
+    result = json.loads(args.json.read_text())
+    chart(result, args.json.with_suffix(".png"))
+    if args.readme:
+        write_readme(BENCH_DIR / "README.md", markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
