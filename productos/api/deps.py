@@ -1,4 +1,7 @@
-"""FastAPI dependencies, as ``Annotated`` aliases."""
+"""FastAPI dependencies, as ``Annotated`` aliases.
+
+They are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per request.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +13,20 @@ from productos.bootstrap import Container, Runtime
 from productos.services.productos import ProductService
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     """The shared runtime of any productos service (settings, engine, health, AWS clients)."""
     runtime: Runtime = request.state.runtime
     return runtime
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     container: Container = request.state.container
     return container
 
 
-def get_product_service(request: Request) -> ProductService:
-    return get_container(request).productos
+async def get_product_service(request: Request) -> ProductService:
+    container: Container = request.state.container
+    return container.productos
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -16,7 +16,7 @@ from productos.domain import ID_MAX
 router = APIRouter(tags=["pedidos"])
 
 
-def get_service(request: Request) -> PedidoService:
+async def get_service(request: Request) -> PedidoService:
     service: PedidoService = request.state.pedidos
     return service
 

@@ -126,8 +126,12 @@ def _postgres_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:
     connect_args["server_settings"] = server_settings
     engine = create_async_engine(
         target.url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        # DB_POOL_SIZE + DB_MAX_OVERFLOW connections at most, opened on demand and then kept. SQLAlchemy closes
+        # an overflow connection as soon as it is returned while DB_POOL_SIZE sit idle, so under sustained
+        # concurrency above DB_POOL_SIZE every request would open and close a connection (measured: 200-450
+        # new connections per 5 s at 64 clients, and +55-73% req/s once kept).
+        pool_size=settings.db_pool_size + settings.db_max_overflow,
+        max_overflow=0,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
         # Pre-ping, but only of connections that sat idle (see pool.install_idle_pre_ping): under load a
