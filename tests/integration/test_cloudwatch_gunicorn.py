@@ -269,7 +269,7 @@ async def test_the_last_step_is_flushed_on_shutdown(site: Site) -> None:
 
 
 async def test_cloudwatch_hanging_slows_no_request_and_shutdown_stays_bounded(site: Site) -> None:
-    env = site.env(PRODUCTOS_GRACEFUL_TIMEOUT="10")
+    env = site.env(PRODUCTOS_GRACEFUL_TIMEOUT="10", PRODUCTOS_AWS_READ_TIMEOUT="30")
     with Gunicorn(site.workdir, env, workers=2) as server:
         await asyncio.to_thread(wait_until, lambda: site.proxy.of("PutMetricData"))
         site.proxy.hang()
@@ -289,10 +289,10 @@ async def test_cloudwatch_hanging_slows_no_request_and_shutdown_stays_bounded(si
         stopped_in = time.monotonic() - started
     # The publisher kept trying (its calls hang in the proxy) ...
     assert site.proxy.of("PutMetricData", since=hung_at) == [] and attempts == []
-    # ... and no request waited on it: each hung call lasts the 5 s read timeout, requests take milliseconds
+    # ... and no request waited on it: each hung call lasts the 30 s read timeout, requests take milliseconds
     # (the bound on the slowest leaves room for a shared, busy test machine).
-    assert max(timings) < 2.0, max(timings)
-    assert stats.median(timings) < 0.05, stats.median(timings)
+    assert max(timings) < 10.0, max(timings)
+    assert stats.median(timings) < 0.1, stats.median(timings)
     assert stopped_in < 6  # within PRODUCTOS_GRACEFUL_TIMEOUT: the final flush gives up after 1.5 s
     assert "datapoints dropped" in server.output()
 
