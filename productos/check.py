@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,10 +24,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from productos.domain.errors import ConfigurationError
-from productos.infra.db.engine import create_engine
+from productos.bootstrap import open_engine
 from productos.infra.db.migrate import alembic_config
 from productos.infra.db.url import DatabaseTarget, parse_database_url
-from productos.settings import ResolvedSettings, Settings, env_names, resolve_settings
+from productos.settings import ResolvedSettings, Settings, env_names, open_settings
 
 
 @dataclass
@@ -97,9 +98,10 @@ def _login_hint(exc: BaseException) -> str:
     return "the database refused the connection: see the error above"
 
 
-async def _database_steps(settings: Settings, target: DatabaseTarget) -> list[Step]:
+async def _database_steps(resolved: ResolvedSettings, target: DatabaseTarget) -> list[Step]:
+    settings = resolved.settings
     if target.dialect == "sqlite":
-        return await _sqlite_steps(settings, target)
+        return await _sqlite_steps(resolved, target)
     host = target.url.host or "localhost"
     port = target.url.port or 5432
     timeout = settings.db_connect_timeout
@@ -144,11 +146,11 @@ async def _database_steps(settings: Settings, target: DatabaseTarget) -> list[St
     steps.append(await _timed("tcp", tcp, tcp_hint))
     if not steps[-1].ok:
         return steps
-    steps.extend(await _engine_steps(settings))
+    steps.extend(await _engine_steps(resolved))
     return steps
 
 
-async def _sqlite_steps(settings: Settings, target: DatabaseTarget) -> list[Step]:
+async def _sqlite_steps(resolved: ResolvedSettings, target: DatabaseTarget) -> list[Step]:
     database = target.url.database
     if database and database != ":memory:":
         folder = Path(database).resolve().parent
@@ -161,13 +163,27 @@ async def _sqlite_steps(settings: Settings, target: DatabaseTarget) -> list[Step
                     hint="create the folder or fix its permissions",
                 )
             ]
-    return await _engine_steps(settings)
+    return await _engine_steps(resolved)
 
 
-async def _engine_steps(settings: Settings) -> list[Step]:
-    engine = create_engine(settings)
+async def _engine_steps(resolved: ResolvedSettings) -> list[Step]:
+    settings = resolved.settings
     steps: list[Step] = []
-    try:
+    async with AsyncExitStack() as stack:
+        # The engine the service would use: with the secret's rotating login or RDS IAM tokens when configured.
+        try:
+            engine = await stack.enter_async_context(
+                open_engine(settings, aws=resolved.aws, secret=resolved.secret)
+            )
+        except Exception as exc:  # noqa: BLE001 - reported as a failed step
+            return [
+                Step(
+                    "login",
+                    False,
+                    _describe(exc),
+                    hint="the login (secret or IAM token) could not be prepared",
+                )
+            ]
         conn_holder: list[Any] = []
 
         async def login() -> str:
@@ -205,28 +221,42 @@ async def _engine_steps(settings: Settings) -> list[Step]:
 
         steps.append(await _timed("schema", schema, lambda _: "run `productos migrate`"))
         await conn.close()
-    finally:
-        await engine.dispose()
     return steps
+
+
+def _remote_step(resolved: ResolvedSettings, settings_ms: float) -> Step | None:
+    remote = sorted({source.split(":", 1)[0] for source in resolved.sources.values() if ":" in source})
+    if not (resolved.settings.ssm_path or resolved.settings.secret_id):
+        return None
+    where = ", ".join(remote) or "nothing"
+    return Step("aws", True, f"settings read from {where}", settings_ms)
 
 
 async def run_check(*, as_json: bool = False, out: TextIO) -> int:
     """Run every check, print the report to ``out`` and return the exit status."""
     started = time.perf_counter()
-    try:
-        resolved = await resolve_settings()
-    except ConfigurationError as exc:
-        report = {"verdict": "invalid configuration", "error": str(exc)}
-        out.write(json.dumps(report) + "\n" if as_json else f"configuration: FAILED\n  {exc}\n")
-        return 2
-    settings_ms = round((time.perf_counter() - started) * 1000, 1)
-    rows = settings_rows(resolved)
-    try:
-        target = parse_database_url(resolved.settings.database_url.get_secret_value())
-    except ConfigurationError as exc:
-        steps = [Step("url", False, str(exc), hint="fix DATABASE_URL")]
-    else:
-        steps = await _database_steps(resolved.settings, target)
+    async with AsyncExitStack() as stack:
+        try:
+            # The AWS clients and cached secret stay open for the database steps, as in the service.
+            resolved = await stack.enter_async_context(open_settings())
+        except ConfigurationError as exc:
+            report = {"verdict": "invalid configuration", "error": str(exc)}
+            out.write(json.dumps(report) + "\n" if as_json else f"configuration: FAILED\n  {exc}\n")
+            return 2
+        settings_ms = round((time.perf_counter() - started) * 1000, 1)
+        steps = [step for step in [_remote_step(resolved, settings_ms)] if step is not None]
+        try:
+            target = parse_database_url(resolved.settings.database_url.get_secret_value())
+        except ConfigurationError as exc:
+            steps.append(Step("url", False, str(exc), hint="fix DATABASE_URL"))
+        else:
+            steps.extend(await _database_steps(resolved, target))
+    return _report(settings_rows(resolved), steps, settings_ms, as_json=as_json, out=out)
+
+
+def _report(
+    rows: list[dict[str, str]], steps: list[Step], settings_ms: float, *, as_json: bool, out: TextIO
+) -> int:
     ok = all(step.ok for step in steps)
     if as_json:
         report = {
@@ -241,7 +271,7 @@ async def run_check(*, as_json: bool = False, out: TextIO) -> int:
     out.write(f"settings (resolved in {settings_ms} ms)\n")
     for row in rows:
         out.write(f"  {row['name']:<{width}}  {row['value']}  [{row['source']}]\n")
-    out.write("database\n")
+    out.write("checks\n")
     for step in steps:
         timing = f"  {step.ms} ms" if step.ms is not None else ""
         out.write(f"  {'ok  ' if step.ok else 'FAIL'}  {step.name:<6}  {step.detail}{timing}\n")

@@ -38,19 +38,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from productos.infra.db.engine import create_engine
+    from productos.bootstrap import open_engine
     from productos.infra.db.migrate import upgrade_to_head
-    from productos.settings import load_settings
+    from productos.settings import open_settings
 
     async def run() -> None:
-        settings = await load_settings()
-        engine = create_engine(settings)
-        try:
+        # The service's own login path: the secret's rotating credentials or RDS IAM tokens when configured.
+        async with (
+            open_settings() as resolved,
+            open_engine(resolved.settings, aws=resolved.aws, secret=resolved.secret) as engine,
+        ):
             await upgrade_to_head(
                 engine, script_location=args.script_location, version_table=args.version_table
             )
-        finally:
-            await engine.dispose()
 
     from productos.infra.db.uow import translate_db_errors
 

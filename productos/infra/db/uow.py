@@ -20,10 +20,28 @@ from productos.infra.db.engine import TRANSACTIONAL_ISOLATION
 _UNAVAILABLE = "database unavailable"
 
 
+#: SQLSTATE classes that mean "the database cannot serve you now", not "your statement is wrong":
+#: 08 connection exception, 28 invalid authorization (a refused login, e.g. mid-rotation), 53 insufficient
+#: resources (too many connections), 57P operator intervention (shutdown, starting up), 58 system error.
+_UNAVAILABLE_SQLSTATES = ("08", "28", "53", "57P", "58")
+
+
+def _sqlstate(exc: DBAPIError) -> str:
+    seen: BaseException | None = exc.orig
+    while seen is not None:
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(state, str):
+            return state
+        seen = seen.__cause__
+    return ""
+
+
 def _is_connectivity_error(exc: BaseException) -> bool:
     if isinstance(exc, PoolTimeoutError | OperationalError | InterfaceError | OSError | TimeoutError):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    return exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES)
 
 
 @asynccontextmanager
