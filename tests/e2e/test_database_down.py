@@ -88,3 +88,14 @@ async def test_hung_database_answers_within_the_timeouts(hung_server: int) -> No
     url = f"postgresql://app:{PASSWORD}@127.0.0.1:{hung_server}/productos"
     settings = Settings(database_url=url, health_timeout=0.5, db_connect_timeout=0.5, db_pool_timeout=0.5)
     await check_unavailable(settings, "127.0.0.1", hung_server, within=2.5)
+
+
+@pytest.mark.postgres
+async def test_refused_login_is_503_not_500(postgres_url: str) -> None:
+    """A login the server refuses (an unknown role; a password mid-rotation) is the database being unavailable
+    to this service, not a server bug."""
+    from sqlalchemy.engine import make_url
+
+    real = make_url(postgres_url)
+    url = real.set(username="app", password=PASSWORD).render_as_string(hide_password=False)
+    await check_unavailable(Settings(database_url=url), real.host or "", real.port or 5432, within=3.0)
