@@ -1,4 +1,4 @@
-"""docs/configuration.md documents every setting, so the reference cannot fall behind the code."""
+"""The README documents every setting, so the reference cannot fall behind the code."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from productos.settings import env_names
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_every_setting_has_a_row_in_the_reference() -> None:
