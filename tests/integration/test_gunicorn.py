@@ -102,8 +102,24 @@ async def test_sigterm_lets_in_flight_requests_finish(workdir: Path, database_ur
 
 
 def _request(sock: socket.socket) -> bytes:
+    """One request on ``sock``; returns the whole response (headers and Content-Length body)."""
     sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n")
-    return sock.recv(65536)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return data
 
 
 def test_keepalive_setting_reaches_the_uvicorn_worker(workdir: Path, database_url: str) -> None:
