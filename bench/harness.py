@@ -187,9 +187,7 @@ def free_port() -> int:
 class Server:
     """A contender under gunicorn, output to a log file; ready once ``GET /productos/1`` answers 200."""
 
-    def __init__(
-        self, contender: Contender, database_url: str, workdir: Path, env: Mapping[str, str] | None = None
-    ):
+    def __init__(self, contender: Contender, database_url: str, workdir: Path, env: Mapping[str, str] | None = None):
         self.contender = contender
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -223,14 +221,9 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.contender.name} exited with {self.process.returncode}:\n{self.output()}"
-                )
+                raise RuntimeError(f"{self.contender.name} exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if (
-                    httpx.get(f"{self.base_url}/productos/1", timeout=2).status_code == 200
-                    and self.ready_workers()
-                ):
+                if httpx.get(f"{self.base_url}/productos/1", timeout=2).status_code == 200 and self.ready_workers():
                     return
             except httpx.TransportError:
                 pass
@@ -295,11 +288,7 @@ def database_sessions(url: str) -> int | None:
     async def read() -> int:
         conn = await asyncpg.connect(url, timeout=5)
         try:
-            return int(
-                await conn.fetchval(
-                    "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
-                )
-            )
+            return int(await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()"))
         finally:
             await conn.close()
 
@@ -381,9 +370,7 @@ def parse_wrk(stdout: str) -> dict[str, Any]:
     raise ValueError(f"no BENCH_JSON line in wrk's output:\n{stdout}")
 
 
-def run_wrk(
-    base_url: str, scenario: Scenario, connections: int, duration: float, threads: int = 2
-) -> WrkResult:
+def run_wrk(base_url: str, scenario: Scenario, connections: int, duration: float, threads: int = 2) -> WrkResult:
     """Run wrk; errors are non-2xx/3xx statuses plus socket errors (connect, read, write, timeout).
 
     wrk's timeout is 2 s (its default): a request unanswered after 2 s counts as a timeout error (once per 2 s
@@ -460,9 +447,7 @@ def machine_info() -> dict[str, Any]:
     mem_kib = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split(
-        "\n"
-    )[0]
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
     import fastapi
     import sqlalchemy
     import uvicorn
@@ -482,7 +467,4 @@ def machine_info() -> dict[str, Any]:
 
 def check_same_row(servers: Sequence[Server], producto_id: int = 1) -> dict[str, Any]:
     """GET the same row from each server; return the bodies by contender name."""
-    return {
-        s.contender.name: httpx.get(f"{s.base_url}/productos/{producto_id}", timeout=5).json()
-        for s in servers
-    }
+    return {s.contender.name: httpx.get(f"{s.base_url}/productos/{producto_id}", timeout=5).json() for s in servers}

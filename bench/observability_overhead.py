@@ -256,9 +256,7 @@ def run_wrk(args: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="measurements per mode, alternated (3)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (5)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server (2)")

@@ -33,9 +33,7 @@ LAYERS: dict[str, str] = {
     "RequestContextMiddleware (productos)": r"productos/observability/middleware\.py",
     "  access log (logging + JSON formatter)": r"\((?:logging/__init__|productos/observability/logging)\.py",
     "BodySizeLimitMiddleware (productos)": r"productos/api/middleware\.py",
-    "starlette routing / exception middleware": (
-        r"starlette/(?:routing|middleware/exceptions|_exception_handler)\.py"
-    ),
+    "starlette routing / exception middleware": (r"starlette/(?:routing|middleware/exceptions|_exception_handler)\.py"),
     "FastAPI request handling (params, deps, validation)": r"fastapi/(?:routing|dependencies/utils)\.py",
     "route functions (productos/api/routes)": r"productos/api/routes/",
     "  JSON body (dump_json, producto_dict)": r"(?:dump_json|producto_dict) \(productos/api/schemas",
@@ -106,9 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=15, help="seconds of load and of recording")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--contender", default="a", help="which contender to profile (default a, productos)")
-    parser.add_argument(
-        "--variant", metavar="NAME:ENV=VALUE,...", help="profile this variant of productos instead"
-    )
+    parser.add_argument("--variant", metavar="NAME:ENV=VALUE,...", help="profile this variant of productos instead")
     parser.add_argument("--productos-env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--tag", default="profile")

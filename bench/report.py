@@ -25,9 +25,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
         p50 = [r["p50_ms"] for r in group if r["p50_ms"] is not None]
         p99 = [r["p99_ms"] for r in group if r["p99_ms"] is not None]
         opened = [r["db_connections_opened"] for r in group if r.get("db_connections_opened") is not None]
-        cpu = [
-            r["worker_cpu_ms_per_request"] for r in group if r.get("worker_cpu_ms_per_request") is not None
-        ]
+        cpu = [r["worker_cpu_ms_per_request"] for r in group if r.get("worker_cpu_ms_per_request") is not None]
         summary[contender][scenario][str(connections)] = {
             "rps": round(statistics.median(rps), 1),
             "rps_min": min(rps),
@@ -61,16 +59,12 @@ def ratios(summary: dict[str, Any], connections: list[int]) -> list[dict[str, An
                 o = summary.get(other, {}).get(scenario, {}).get(conc)
                 row[f"a/{other}"] = round(a["rps"] / o["rps"], 2) if o and o["rps"] else None
             c = summary.get("c", {}).get(scenario, {}).get(conc)
-            row["p99 a/c"] = (
-                round(a["p99_ms"] / c["p99_ms"], 2) if c and c["p99_ms"] and a["p99_ms"] else None
-            )
+            row["p99 a/c"] = round(a["p99_ms"] / c["p99_ms"], 2) if c and c["p99_ms"] and a["p99_ms"] else None
             rows.append(row)
     return rows
 
 
-def goals(
-    summary: dict[str, Any], ratio_rows: list[dict[str, Any]], connections: list[int]
-) -> list[dict[str, Any]]:
+def goals(summary: dict[str, Any], ratio_rows: list[dict[str, Any]], connections: list[int]) -> list[dict[str, Any]]:
     """The issue's goals for productos, each with the figure that decides it."""
     checks: list[dict[str, Any]] = []
     worst = min((r for r in ratio_rows if r["a/c"] is not None), key=lambda r: r["a/c"], default=None)
@@ -145,12 +139,8 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in result["ratios"]:
-        cells = [
-            ("—" if row[k] is None else f"{row[k]:.2f}") for k in ("a/b", "a/c", "a/d", "a/e", "p99 a/c")
-        ]
-        lines.append(
-            f"| {SCENARIO_TITLES[row['scenario']]} | c{row['connections']} | " + " | ".join(cells) + " |"
-        )
+        cells = [("—" if row[k] is None else f"{row[k]:.2f}") for k in ("a/b", "a/c", "a/d", "a/e", "p99 a/c")]
+        lines.append(f"| {SCENARIO_TITLES[row['scenario']]} | c{row['connections']} | " + " | ".join(cells) + " |")
     lines += ["", "#### Goals (issue 6)", "", "| goal | met | figure |", "|---|---|---|"]
     for check in result["goals"]:
         lines.append(f"| {check['goal']} | {'yes' if check['met'] else '**no**'} | {check['figure']} |")
@@ -199,9 +189,7 @@ def markdown(result: dict[str, Any]) -> str:
                 for c in map(str, connections)
             )
             lines.append(
-                f"| {SCENARIO_TITLES[scenario]} | {name} | "
-                + " | ".join(row)
-                + f" | {flagged} | {opened} | {cpu} |"
+                f"| {SCENARIO_TITLES[scenario]} | {name} | " + " | ".join(row) + f" | {flagged} | {opened} | {cpu} |"
             )
     for one in result.get("all_rows", []):
         outcome = (
@@ -294,9 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
     parser.add_argument("json", type=Path)
-    parser.add_argument(
-        "--readme", action="store_true", help="also rewrite bench/README.md's results section"
-    )
+    parser.add_argument("--readme", action="store_true", help="also rewrite bench/README.md's results section")
     args = parser.parse_args(argv)
     result = json.loads(args.json.read_text())
     chart(result, args.json.with_suffix(".png"))

@@ -152,11 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             continue
                         body = scenario.wrk_args[2] if scenario.method == "POST" else None
                         print(f"({key}) {contender.name}: {scenario.method} {scenario.first_path}")
-                        print(
-                            measure(
-                                server, counter, scenario.method, scenario.first_path, args.requests, body
-                            )
-                        )
+                        print(measure(server, counter, scenario.method, scenario.first_path, args.requests, body))
     return 0
 
 

@@ -44,22 +44,12 @@ def _env_pair(value: str) -> tuple[str, str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 1 round, 1 s per measurement, no README"
-    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1 s per measurement, no README")
     parser.add_argument("--rounds", type=int, help="rounds of alternation (default 3; --quick: 1)")
-    parser.add_argument(
-        "--duration", type=int, help="whole seconds per wrk measurement (default 5; --quick: 1)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, help="whole seconds of wrk warm-up per server start (default 1)"
-    )
-    parser.add_argument(
-        "--connections", default="8,64", help="wrk concurrencies, comma-separated (default 8,64)"
-    )
-    parser.add_argument(
-        "--contenders", default="abcde", help="which of a..e to run, in this order (default abcde)"
-    )
+    parser.add_argument("--duration", type=int, help="whole seconds per wrk measurement (default 5; --quick: 1)")
+    parser.add_argument("--warmup", type=int, help="whole seconds of wrk warm-up per server start (default 1)")
+    parser.add_argument("--connections", default="8,64", help="wrk concurrencies, comma-separated (default 8,64)")
+    parser.add_argument("--contenders", default="abcde", help="which of a..e to run, in this order (default abcde)")
     parser.add_argument(
         "--variant",
         action="append",
@@ -79,9 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="directory for JSON and PNG")
     parser.add_argument("--tag", default="", help="suffix of the result files' name (<date>[-tag])")
-    parser.add_argument(
-        "--no-readme", action="store_true", help="do not write the results into bench/README.md"
-    )
+    parser.add_argument("--no-readme", action="store_true", help="do not write the results into bench/README.md")
     parser.add_argument("--keep-db", action="store_true", help="keep the scratch databases")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -99,9 +87,7 @@ def productos_git_state() -> dict[str, str]:
     """The commit and the uncommitted changes of productos/ that the run measured (others edit it too)."""
 
     def git(*cmd: str) -> str:
-        done = subprocess.run(
-            ["git", *cmd], cwd=BENCH_DIR.parent, capture_output=True, text=True, check=False
-        )
+        done = subprocess.run(["git", *cmd], cwd=BENCH_DIR.parent, capture_output=True, text=True, check=False)
         return done.stdout.strip()
 
     return {"commit": git("rev-parse", "HEAD"), "dirty": git("status", "--porcelain", "--", "productos")}
@@ -152,9 +138,7 @@ def session(
                 if restarted:
                     # A stall left by the previous run (the original app's event-loop-blocking pool) must not
                     # be charged to this one: start afresh, and say so.
-                    log(
-                        f"  {contender.key} {contender.name}: unresponsive after the previous run; restarting"
-                    )
+                    log(f"  {contender.key} {contender.name}: unresponsive after the previous run; restarting")
                     server.restart()
                     result["restarts"].append({
                         "round": round_no, "contender": contender.key, "before": scenario.key,
@@ -219,12 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }  # fmt: skip
     log(f"logs in {workdir}; seeding {SMALL_ROWS:,} and {args.deep_rows:,} rows")
     with ExitStack() as stack:
-        small_url = stack.enter_context(
-            seed.scratch_database(workdir, SMALL_ROWS, "bench_small", args.keep_db)
-        )
-        deep_url = stack.enter_context(
-            seed.scratch_database(workdir, args.deep_rows, "bench_deep", args.keep_db)
-        )
+        small_url = stack.enter_context(seed.scratch_database(workdir, SMALL_ROWS, "bench_small", args.keep_db))
+        deep_url = stack.enter_context(seed.scratch_database(workdir, args.deep_rows, "bench_deep", args.keep_db))
         for round_no in range(1, args.rounds + 1):
             log(f"round {round_no}/{args.rounds}")
             for key in order:

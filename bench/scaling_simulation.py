@@ -86,9 +86,7 @@ class TargetTracking:
         self.history.append(metric)
         recent = list(self.history)
         proposed = min(self.maximum, max(self.minimum, math.ceil(self.in_service * metric / self.target)))
-        high = len(recent) >= self.high_datapoints and all(
-            m > self.target for m in recent[-self.high_datapoints :]
-        )
+        high = len(recent) >= self.high_datapoints and all(m > self.target for m in recent[-self.high_datapoints :])
         low = len(recent) >= self.low_datapoints and all(
             m < self.target * self.low_fraction for m in recent[-self.low_datapoints :]
         )
@@ -161,9 +159,7 @@ class LatencyProxy:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(
-            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
-        )
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -363,9 +359,7 @@ async def drive(base_url: str, moto: str, args: argparse.Namespace) -> list[Step
                     users.pop().cancel()
                 served, errors = counts["served"], counts["errors"]
                 counts["served"] = counts["errors"] = 0
-                rows.append(
-                    Step(step, total, share, served, errors, utilization, asg.desired, asg.in_service, action)
-                )
+                rows.append(Step(step, total, share, served, errors, utilization, asg.desired, asg.in_service, action))
                 label = f"{utilization:5.1f} %" if utilization is not None else "   -   "
                 print(
                     f"step {step:3d}  users {total:5.0f}  on this instance {share:3d}  served {served:4d}  "
@@ -398,9 +392,7 @@ def plot(rows: list[Step], args: argparse.Namespace, path: Path) -> None:
         top.scatter(late, [published[s] for s in late], marker="x", color="black", s=18, zorder=3,
                     label="arrived too late for the rule (busy machine)")  # fmt: skip
     top.axhline(args.target, color="tab:red", linestyle="--", label=f"target {args.target:g} %")
-    top.axhline(
-        args.target * 0.9, color="tab:red", linestyle=":", alpha=0.5, label="scale-in threshold (90 %)"
-    )
+    top.axhline(args.target * 0.9, color="tab:red", linestyle=":", alpha=0.5, label="scale-in threshold (90 %)")
     top.set_ylim(0, 105)
     top.set_ylabel("utilization (%)")
     load = top.twinx()
@@ -409,9 +401,7 @@ def plot(rows: list[Step], args: argparse.Namespace, path: Path) -> None:
     lines = top.get_legend_handles_labels()[0] + load.get_legend_handles_labels()[0]
     labels = top.get_legend_handles_labels()[1] + load.get_legend_handles_labels()[1]
     top.legend(lines, labels, loc="upper left", fontsize=8)
-    top.set_title(
-        "productos: target tracking on the published DBPoolUtilization (1 s steps stand for minutes)"
-    )
+    top.set_title("productos: target tracking on the published DBPoolUtilization (1 s steps stand for minutes)")
     bottom.step(steps, [r.desired for r in rows], where="post", color="tab:orange", label="desired capacity")
     bottom.step(steps, [r.in_service for r in rows], where="post", color="tab:green", label="in service")
     bottom.set_ylim(0, 11)
@@ -433,9 +423,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak", type=float, default=260.0, help="users at the peak, whole group (260)")
     parser.add_argument("--think", type=float, default=0.5, help="a user's mean think time, s (0.5)")
     parser.add_argument("--target", type=float, default=80.0, help="the policy's target, % (80)")
-    parser.add_argument(
-        "--db-delay", type=float, default=0.03, help="seconds added each way to the DB (0.03)"
-    )
+    parser.add_argument("--db-delay", type=float, default=0.03, help="seconds added each way to the DB (0.03)")
     parser.add_argument("--pool-size", type=int, default=2, help="DB_POOL_SIZE per worker (2)")
     parser.add_argument("--overflow", type=int, default=2, help="DB_MAX_OVERFLOW per worker (2)")
     parser.add_argument("--max-instance-users", type=int, default=80, help="cap on one instance's share (80)")
@@ -456,17 +444,13 @@ def main(argv: list[str] | None = None) -> int:
             slow_url = url.replace(f"{split.hostname}:{split.port or 5432}", f"127.0.0.1:{proxy.port}")
             with (
                 moto_server(workdir) as moto,
-                instance(
-                    slow_url, moto, workdir, pool_size=args.pool_size, overflow=args.overflow
-                ) as base_url,
+                instance(slow_url, moto, workdir, pool_size=args.pool_size, overflow=args.overflow) as base_url,
             ):
                 rows = asyncio.run(drive(base_url, moto, args))
     png = args.out / "scaling_simulation.png"
     plot(rows, args, png)
     (args.out / "scaling_simulation.json").write_text(
-        json.dumps(
-            {"args": {k: str(v) for k, v in vars(args).items()}, "steps": [asdict(r) for r in rows]}, indent=1
-        )
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "steps": [asdict(r) for r in rows]}, indent=1)
     )
     peak = max(r.desired for r in rows)
     print(f"wrote {png} (peak desired capacity {peak}, final {rows[-1].desired})")

@@ -596,9 +596,7 @@ def user_data() -> dict[str, Any]:
     if shebang != "#!/bin/bash":
         raise ValueError(f"{USER_DATA} must start with #!/bin/bash")
     if "${" in body:
-        raise ValueError(
-            f"{USER_DATA}: write $NAME, not ${{NAME}}: cfn-lint reads ${{...}} as Fn::Sub (E1029)"
-        )
+        raise ValueError(f"{USER_DATA}: write $NAME, not ${{NAME}}: cfn-lint reads ${{...}} as Fn::Sub (E1029)")
     # One Fn::Sub: the script has no variable of its own in Fn::Sub's syntax, so only the header's are read.
     return {"Fn::Base64": sub(USER_DATA_HEADER + body)}
 
@@ -826,9 +824,7 @@ def outputs() -> dict[str, Any]:
         ),
         "SsmPath": output(sub("/${ServiceName}/"), "PRODUCTOS_SSM_PATH"),
         "Dashboard": output(
-            sub(
-                "https://console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}#dashboards:name=${Dashboard}"
-            ),
+            sub("https://console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}#dashboards:name=${Dashboard}"),
             "The CloudWatch dashboard",
         ),
     }
@@ -840,9 +836,7 @@ def template() -> dict[str, Any]:
     graceful_timeout = int(settings["graceful_timeout"].default)
     keepalive = int(settings["keepalive"].default)
     if keepalive <= ALB_IDLE_TIMEOUT:
-        raise ValueError(
-            f"PRODUCTOS_KEEPALIVE ({keepalive}) must exceed the ALB's idle timeout ({ALB_IDLE_TIMEOUT})"
-        )
+        raise ValueError(f"PRODUCTOS_KEEPALIVE ({keepalive}) must exceed the ALB's idle timeout ({ALB_IDLE_TIMEOUT})")
     parts: list[Callable[[], dict[str, Any]]] = [
         network,
         lambda: security_groups(app_port),

@@ -36,9 +36,7 @@ class JsonFileSource:
         try:
             text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigurationError(
-                f"{self.path} does not exist: create it or remove JsonFileSource"
-            ) from None
+            raise ConfigurationError(f"{self.path} does not exist: create it or remove JsonFileSource") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -77,8 +75,6 @@ if __name__ == "__main__":
             sample = Path(folder) / "settings.json"
             database = Path(folder) / "productos.db"
             sample.write_text(
-                json.dumps(
-                    {"LOG_LEVEL": "warning", "DATABASE_URL": f"sqlite:///{database}", "DB_POOL_SIZE": 4}
-                )
+                json.dumps({"LOG_LEVEL": "warning", "DATABASE_URL": f"sqlite:///{database}", "DB_POOL_SIZE": 4})
             )
             asyncio.run(main(sample))

@@ -27,9 +27,7 @@ async def use_the_service_layer(database_url: str) -> None:
         lamp = await service.create(NewProducto(nombre="Lámpara", precio=Decimal("24.90"), stock=5))
         lamp = await service.update(lamp.id, ProductoPatch({"stock": 4}), expected_version=lamp.version)
         page = await service.list(limit=10)
-        print(
-            f"service layer: {len(page.items)} product(s); {lamp.nombre} has stock {lamp.stock}, v{lamp.version}"
-        )
+        print(f"service layer: {len(page.items)} product(s); {lamp.nombre} has stock {lamp.stock}, v{lamp.version}")
     finally:
         await engine.dispose()
 
@@ -42,9 +40,7 @@ async def call_the_app_in_process(database_url: str) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://productos") as client:
             created = await client.post("/productos", json={"nombre": "Silla", "precio": 59.99})
             listing = await client.get("/productos", params={"limit": 1})
-            print(
-                f"http: POST {created.status_code}, GET /productos {listing.status_code}, next: {listing.links}"
-            )
+            print(f"http: POST {created.status_code}, GET /productos {listing.status_code}, next: {listing.links}")
             health = await client.get("/health")
             print(f"http: /health {health.status_code} {health.json()['status']}")
 

@@ -34,9 +34,7 @@ COMMANDS = {
 
 def register(commands: Any) -> None:
     """Add ``aws`` and its subcommands to the ``productos`` parser (``argparse`` subparsers)."""
-    aws = commands.add_parser(
-        "aws", help="scaling policies, alarms and dashboard for CloudWatch / Auto Scaling"
-    )
+    aws = commands.add_parser("aws", help="scaling policies, alarms and dashboard for CloudWatch / Auto Scaling")
     kinds = aws.add_subparsers(dest="aws_command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, help_text in COMMANDS.items():
         command = kinds.add_parser(name, help=help_text, description=help_text)
@@ -46,9 +44,7 @@ def register(commands: Any) -> None:
 
 def _options(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    parser.add_argument(
-        "--apply", action="store_true", help="create or update them in AWS (through aioboto3)"
-    )
+    parser.add_argument("--apply", action="store_true", help="create or update them in AWS (through aioboto3)")
     parser.add_argument("--asg-name", help="the Auto Scaling group (PRODUCTOS_ASG_NAME)")
     parser.add_argument("--namespace", help="the custom metrics' namespace (PRODUCTOS_CLOUDWATCH_NAMESPACE)")
     parser.add_argument("--alb", default=env("PRODUCTOS_ALB"), help="the ALB: name, ARN or app/<name>/<id>")
@@ -57,19 +53,13 @@ def _options(parser: argparse.ArgumentParser) -> None:
         default=env("PRODUCTOS_TARGET_GROUP"),
         help="the ASG's target group: name, ARN or targetgroup/<name>/<id>",
     )
-    parser.add_argument(
-        "--db-instance", default=env("PRODUCTOS_DB_INSTANCE"), help="the RDS instance identifier"
-    )
+    parser.add_argument("--db-instance", default=env("PRODUCTOS_DB_INSTANCE"), help="the RDS instance identifier")
     api = parser.add_mutually_exclusive_group()
     api.add_argument("--api-id", default=env("PRODUCTOS_API_ID"), help="an API Gateway HTTP API's id")
     api.add_argument("--api-name", default=env("PRODUCTOS_API_NAME"), help="an API Gateway REST API's name")
-    parser.add_argument(
-        "--api-stage", default=env("PRODUCTOS_API_STAGE"), help="the API's stage, if per stage"
-    )
+    parser.add_argument("--api-stage", default=env("PRODUCTOS_API_STAGE"), help="the API's stage, if per stage")
     parser.add_argument("--region", help="the region (AWS_REGION)")
-    parser.add_argument(
-        "--prefix", help="names start with it (default: PRODUCTOS_SERVICE_NAME, productos-api)"
-    )
+    parser.add_argument("--prefix", help="names start with it (default: PRODUCTOS_SERVICE_NAME, productos-api)")
     parser.add_argument(
         "--alarm-action", action="append", default=[], help="an ARN to notify (an SNS topic); repeatable"
     )
@@ -157,9 +147,7 @@ async def _apply(aws: Any, command: str, requests: Any, err: TextIO) -> None:
             f"AWS refused {exc.operation_name}: {error.get('Code', 'Unknown')}: {error.get('Message', '')}"
         ) from exc
     except BotoCoreError as exc:
-        raise ConfigurationError(
-            f"cannot reach AWS ({type(exc).__name__}): check AWS_REGION and credentials"
-        ) from exc
+        raise ConfigurationError(f"cannot reach AWS ({type(exc).__name__}): check AWS_REGION and credentials") from exc
 
 
 async def _load_balancer(aws: Any, value: str) -> str:

@@ -22,8 +22,7 @@ from productos.infra.aws.clients import AwsClients
 from productos.infra.aws.rds_iam import RdsIamTokenProvider
 from productos.infra.aws.secretsmanager import SecretDatabaseCredentials, SecretsManagerSource, supplies_login
 from productos.infra.db.engine import create_engine
-from productos.infra.db.migrate import PRODUCTOS_SCRIPT_LOCATION
-from productos.infra.db.migrate import upgrade_to_head
+from productos.infra.db.migrate import PRODUCTOS_SCRIPT_LOCATION, upgrade_to_head
 from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
 from productos.infra.db.uow import SqlAlchemyHealthProbe
 from productos.infra.db.url import parse_database_url
@@ -95,9 +94,7 @@ async def open_runtime(
         aws = resolved.aws
         if aws is None:
             aws = await stack.enter_async_context(AwsClients.from_settings(resolved.settings))
-        engine = await stack.enter_async_context(
-            open_engine(resolved.settings, aws=aws, secret=resolved.secret)
-        )
+        engine = await stack.enter_async_context(open_engine(resolved.settings, aws=aws, secret=resolved.secret))
         if resolved.settings.should_migrate_on_start:
             for migration in migrations:
                 await upgrade_to_head(
@@ -116,9 +113,7 @@ async def open_runtime(
 
 def product_container(runtime: Runtime) -> Container:
     """The products service's objects on ``runtime``."""
-    uow_factory = SqlAlchemyUnitOfWorkFactory(
-        runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout
-    )
+    uow_factory = SqlAlchemyUnitOfWorkFactory(runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout)
     return Container(
         settings=runtime.settings,
         engine=runtime.engine,
@@ -139,9 +134,7 @@ async def open_container(
 ) -> AsyncIterator[Container]:
     """The products service's runtime and use cases (``open_runtime`` with its migrations), for programs and
     jobs that use productos without HTTP."""
-    async with open_runtime(
-        settings, sources=sources, env_file=env_file, migrations=[PRODUCTOS_MIGRATIONS]
-    ) as rt:
+    async with open_runtime(settings, sources=sources, env_file=env_file, migrations=[PRODUCTOS_MIGRATIONS]) as rt:
         yield product_container(rt)
 
 
@@ -181,9 +174,7 @@ async def _credentials(
     url = target.url
     if settings.db_iam_auth:
         if "ssl" not in target.connect_args:
-            logger.warning(
-                "DB_IAM_AUTH=true without sslmode in DATABASE_URL: RDS accepts IAM logins over TLS only"
-            )
+            logger.warning("DB_IAM_AUTH=true without sslmode in DATABASE_URL: RDS accepts IAM logins over TLS only")
         return RdsIamTokenProvider(
             await aws.client("rds"),
             host=url.host or "",
@@ -194,9 +185,7 @@ async def _credentials(
     if not settings.secret_id:
         return None
     if secret is None:
-        secret = SecretsManagerSource(
-            await aws.client("secretsmanager"), settings.secret_id, ttl=settings.secret_ttl
-        )
+        secret = SecretsManagerSource(await aws.client("secretsmanager"), settings.secret_id, ttl=settings.secret_ttl)
     if not supplies_login(await secret.current(), user=url.username, password=url.password):
         logger.info(
             "DATABASE_URL's login is not the secret's: new connections use DATABASE_URL as it is",

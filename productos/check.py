@@ -23,8 +23,8 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from productos.domain.errors import ConfigurationError
 from productos.bootstrap import open_engine
+from productos.domain.errors import ConfigurationError
 from productos.infra.db.migrate import alembic_config
 from productos.infra.db.url import DatabaseTarget, parse_database_url
 from productos.settings import ResolvedSettings, Settings, env_names, open_settings
@@ -44,7 +44,7 @@ def _masked(field_name: str, value: Any) -> str:
         if field_name == "database_url":
             try:
                 return make_url(value.get_secret_value()).render_as_string(hide_password=True)
-            except Exception:  # noqa: BLE001 - a malformed URL is reported by the database steps
+            except Exception:
                 return "**********"
         return "**********"
     return str(value)
@@ -62,13 +62,11 @@ def settings_rows(resolved: ResolvedSettings) -> list[dict[str, str]]:
     ]
 
 
-async def _timed(
-    name: str, action: Callable[[], Awaitable[str]], hint: Callable[[BaseException], str]
-) -> Step:
+async def _timed(name: str, action: Callable[[], Awaitable[str]], hint: Callable[[BaseException], str]) -> Step:
     start = time.perf_counter()
     try:
         detail = await action()
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a step with a hint
+    except Exception as exc:
         ms = (time.perf_counter() - start) * 1000
         return Step(name, False, _describe(exc), round(ms, 1), hint(exc))
     return Step(name, True, detail, round((time.perf_counter() - start) * 1000, 1))
@@ -112,16 +110,14 @@ async def _database_steps(resolved: ResolvedSettings, target: DatabaseTarget) ->
         infos = await asyncio.wait_for(
             asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
         )
-        addresses.extend(dict.fromkeys(info[4][0] for info in infos))
+        addresses.extend(dict.fromkeys(str(info[4][0]) for info in infos))
         return f"{host} → {', '.join(addresses)}"
 
     steps.append(
         await _timed(
             "dns",
             dns,
-            lambda _: (
-                f"{host} does not resolve: check the RDS endpoint in DATABASE_URL and the VPC's DNS settings"
-            ),
+            lambda _: f"{host} does not resolve: check the RDS endpoint in DATABASE_URL and the VPC's DNS settings",
         )
     )
     if not steps[-1].ok:
@@ -153,8 +149,8 @@ async def _database_steps(resolved: ResolvedSettings, target: DatabaseTarget) ->
 async def _sqlite_steps(resolved: ResolvedSettings, target: DatabaseTarget) -> list[Step]:
     database = target.url.database
     if database and database != ":memory:":
-        folder = Path(database).resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
+        folder = await asyncio.to_thread(lambda: Path(database).resolve().parent)
+        if not await asyncio.to_thread(lambda: folder.is_dir() and os.access(folder, os.W_OK)):
             return [
                 Step(
                     "file",
@@ -172,10 +168,8 @@ async def _engine_steps(resolved: ResolvedSettings) -> list[Step]:
     async with AsyncExitStack() as stack:
         # The engine the service would use: with the secret's rotating login or RDS IAM tokens when configured.
         try:
-            engine = await stack.enter_async_context(
-                open_engine(settings, aws=resolved.aws, secret=resolved.secret)
-            )
-        except Exception as exc:  # noqa: BLE001 - reported as a failed step
+            engine = await stack.enter_async_context(open_engine(settings, aws=resolved.aws, secret=resolved.secret))
+        except Exception as exc:
             return [
                 Step(
                     "login",
@@ -190,9 +184,7 @@ async def _engine_steps(resolved: ResolvedSettings) -> list[Step]:
             conn = await asyncio.wait_for(engine.connect(), settings.db_connect_timeout + 1)
             conn_holder.append(conn)
             if engine.dialect.name == "postgresql":
-                row = (
-                    await conn.execute(text("SELECT current_user, current_setting('server_version')"))
-                ).one()
+                row = (await conn.execute(text("SELECT current_user, current_setting('server_version')"))).one()
                 return f"logged in as {row[0]}, PostgreSQL {row[1]}"
             return "opened the SQLite database"
 
@@ -205,9 +197,7 @@ async def _engine_steps(resolved: ResolvedSettings) -> list[Step]:
             await conn.execute(text("SELECT 1"))
             return "SELECT 1"
 
-        steps.append(
-            await _timed("query", query, lambda _: "the database accepted the login but not a query")
-        )
+        steps.append(await _timed("query", query, lambda _: "the database accepted the login but not a query"))
 
         async def schema() -> str:
             from alembic.migration import MigrationContext
@@ -254,9 +244,7 @@ async def run_check(*, as_json: bool = False, out: TextIO) -> int:
     return _report(settings_rows(resolved), steps, settings_ms, as_json=as_json, out=out)
 
 
-def _report(
-    rows: list[dict[str, str]], steps: list[Step], settings_ms: float, *, as_json: bool, out: TextIO
-) -> int:
+def _report(rows: list[dict[str, str]], steps: list[Step], settings_ms: float, *, as_json: bool, out: TextIO) -> int:
     ok = all(step.ok for step in steps)
     if as_json:
         report = {

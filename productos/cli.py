@@ -48,9 +48,7 @@ def _migrate(args: argparse.Namespace) -> int:
             open_settings() as resolved,
             open_engine(resolved.settings, aws=resolved.aws, secret=resolved.secret) as engine,
         ):
-            await upgrade_to_head(
-                engine, script_location=args.script_location, version_table=args.version_table
-            )
+            await upgrade_to_head(engine, script_location=args.script_location, version_table=args.version_table)
 
     from productos.infra.db.uow import translate_db_errors
 
@@ -78,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service under gunicorn (the tuned configuration)")
-    serve.add_argument(
-        "--reload", action="store_true", help="development: one uvicorn process, reload on change"
-    )
+    serve.add_argument("--reload", action="store_true", help="development: one uvicorn process, reload on change")
     serve.add_argument("--host", help="bind address (APP_HOST)")
     serve.add_argument("--port", type=int, help="port (APP_PORT)")
     serve.add_argument("--workers", type=int, help="worker processes (WORKERS)")
@@ -93,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="productos.infra.db:migrations",
         help="another service's migrations, as package:folder (default: the products service's)",
     )
-    migrate.add_argument(
-        "--version-table", default="alembic_version", help="that service's Alembic version table"
-    )
+    migrate.add_argument("--version-table", default="alembic_version", help="that service's Alembic version table")
     migrate.set_defaults(handler=_migrate)
 
     check = commands.add_parser("check", help="diagnose configuration and database reachability")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn_worker import UvicornWorker
 
@@ -10,7 +10,7 @@ from uvicorn_worker import UvicornWorker
 SHUTDOWN_MARGIN = 2
 
 
-class ProductosUvicornWorker(UvicornWorker):
+class ProductosUvicornWorker(UvicornWorker):  # type: ignore[misc]
     """Uvicorn's gunicorn worker, with gunicorn's timeouts carried into uvicorn.
 
     - ``keepalive`` becomes uvicorn's ``timeout_keep_alive`` (the base class already does this).
@@ -19,7 +19,7 @@ class ProductosUvicornWorker(UvicornWorker):
       sends SIGKILL. Without it uvicorn would wait for requests with no bound and be killed mid-shutdown.
     """
 
-    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": "auto", "lifespan": "on"}
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "auto", "lifespan": "on"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -99,17 +99,13 @@ class Settings(BaseSettings):
     # Observability (metrics, tracing, access log): see productos.observability
     metrics_enabled: bool = Field(True, **_env("PRODUCTOS_METRICS_ENABLED"))
     tracing_enabled: bool = Field(True, **_env("PRODUCTOS_TRACING_ENABLED"))
-    otel_exporter: Literal["auto", "otlp", "console", "none"] = Field(
-        "auto", **_env("PRODUCTOS_OTEL_EXPORTER")
-    )
+    otel_exporter: Literal["auto", "otlp", "console", "none"] = Field("auto", **_env("PRODUCTOS_OTEL_EXPORTER"))
     otel_exporter_otlp_endpoint: str | None = Field(None, **_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
     xray: bool = Field(False, **_env("PRODUCTOS_XRAY"))
     trusted_proxies: str = Field("", **_env("PRODUCTOS_TRUSTED_PROXIES"))
 
     # CloudWatch metrics publishing (one publisher per instance): see productos.observability.publishing
-    metrics_publisher: Literal["none", "cloudwatch", "emf"] = Field(
-        "none", **_env("PRODUCTOS_METRICS_PUBLISHER")
-    )
+    metrics_publisher: Literal["none", "cloudwatch", "emf"] = Field("none", **_env("PRODUCTOS_METRICS_PUBLISHER"))
     cloudwatch_namespace: str = Field(
         "Productos", **_env("PRODUCTOS_CLOUDWATCH_NAMESPACE"), min_length=1, max_length=255
     )
@@ -282,9 +278,7 @@ def _complete_database_url(
     from sqlalchemy.exc import ArgumentError
 
     holder = (
-        f"the secret {label.split(':', 1)[1]} (PRODUCTOS_SECRET_ID)"
-        if label.startswith("secretsmanager:")
-        else label
+        f"the secret {label.split(':', 1)[1]} (PRODUCTOS_SECRET_ID)" if label.startswith("secretsmanager:") else label
     )
     missing = ConfigurationError(
         f"{holder} holds a username and password but no host, and no source below it sets a "
@@ -299,8 +293,7 @@ def _complete_database_url(
         url = make_url(raw.strip())
     except ArgumentError:
         raise ConfigurationError(
-            f"DATABASE_URL (from {lower_label}) is not a valid URL; expected "
-            "postgresql://user@host:5432/dbname"
+            f"DATABASE_URL (from {lower_label}) is not a valid URL; expected postgresql://user@host:5432/dbname"
         ) from None
     if url.get_backend_name() != "postgresql":
         raise missing
@@ -344,9 +337,7 @@ def _check_database(settings: Settings, sources: Mapping[str, str]) -> None:
         target = parse_database_url(settings.database_url.get_secret_value())
     except ConfigurationError as exc:
         raise ConfigurationError(f"{exc} (DATABASE_URL from {where})") from None
-    if settings.db_iam_auth and (
-        target.dialect != "postgresql" or not target.url.username or not target.url.host
-    ):
+    if settings.db_iam_auth and (target.dialect != "postgresql" or not target.url.username or not target.url.host):
         raise ConfigurationError(
             f"DB_IAM_AUTH=true (from {sources.get('db_iam_auth')}) needs a PostgreSQL DATABASE_URL with a "
             "user and "
@@ -404,8 +395,7 @@ async def _load(source: SettingsSource) -> Mapping[str, Any]:
         raise
     except Exception as exc:
         raise ConfigurationError(
-            f"the settings source {type(source).__name__} failed ({type(exc).__name__}); see its "
-            "documentation"
+            f"the settings source {type(source).__name__} failed ({type(exc).__name__}); see its documentation"
         ) from exc
 
 
@@ -481,9 +471,7 @@ def _no_database_url(boot: Settings) -> str:
     if boot.ssm_path:
         places.append(f"the SSM parameter {boot.ssm_path.rstrip('/')}/database-url (SecureString)")
     if boot.secret_id:
-        places.append(
-            f"the secret {boot.secret_id} (a DATABASE_URL key, or RDS username/password/host/port/dbname)"
-        )
+        places.append(f"the secret {boot.secret_id} (a DATABASE_URL key, or RDS username/password/host/port/dbname)")
     return (
         "DATABASE_URL was found in no source: add it to "
         + " or ".join(places)

@@ -80,8 +80,7 @@ async def truncate_all(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         result = await conn.execute(
             text(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
-                "AND tablename <> 'alembic_version'"
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"
             )
         )
         tables = ", ".join(f'"{row.tablename}"' for row in result)

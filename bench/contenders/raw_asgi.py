@@ -40,11 +40,7 @@ def _parse_new(body: bytes) -> tuple[str, str | None, Decimal, int] | None:
         precio, stock = Decimal(str(data["precio"])), data.get("stock", 0)
     except (ValueError, KeyError, TypeError, ArithmeticError):
         return None
-    if (
-        not isinstance(nombre, str)
-        or not nombre.strip()
-        or not (descripcion is None or isinstance(descripcion, str))
-    ):
+    if not isinstance(nombre, str) or not nombre.strip() or not (descripcion is None or isinstance(descripcion, str)):
         return None
     if not precio.is_finite() or precio <= 0 or not isinstance(stock, int) or stock < 0:
         return None

@@ -48,9 +48,7 @@ class ProductoIn(BaseModel):
     stock: Stock = 0
 
     def to_domain(self) -> NewProducto:
-        return NewProducto(
-            nombre=self.nombre, descripcion=self.descripcion, precio=self.precio, stock=self.stock
-        )
+        return NewProducto(nombre=self.nombre, descripcion=self.descripcion, precio=self.precio, stock=self.stock)
 
 
 class ProductoPatchIn(BaseModel):

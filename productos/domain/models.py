@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any, ClassVar
 
 from productos.domain.errors import DomainValidationError
 
@@ -103,7 +105,7 @@ class ProductoPatch:
 
     changes: dict[str, object] = field(default_factory=dict)
 
-    _VALIDATORS = {
+    _VALIDATORS: ClassVar[dict[str, Callable[[Any], object]]] = {
         "nombre": validate_nombre,
         "descripcion": validate_descripcion,
         "precio": validate_precio,
@@ -118,7 +120,7 @@ class ProductoPatch:
                 raise DomainValidationError(f"{name} cannot be changed")
             if value is None and name != "descripcion":
                 raise DomainValidationError(f"{name} must not be null")
-            validated[name] = validator(value)  # type: ignore[operator]
+            validated[name] = validator(value)
         object.__setattr__(self, "changes", validated)
 
     @classmethod

@@ -126,9 +126,7 @@ class _StatementTimer:
         if self.namespace:
             attributes["db.namespace"] = self.namespace
         name = f"{operation} {self.namespace}" if self.namespace else operation
-        span = self.tracer.start_span(
-            name, kind=SpanKind.CLIENT, attributes=attributes, start_time=end - elapsed_ns
-        )
+        span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=end - elapsed_ns)
         if error is not None:
             span.set_attribute("error.type", type(error).__qualname__)
             span.set_status(Status(StatusCode.ERROR))

@@ -113,9 +113,7 @@ class PoolInstruments:
         self._timeouts = metrics._connection_timeouts.labels(*labels)
         pool_attrs = {"db.client.connection.pool.name": pool_name}
         self._attrs = pool_attrs
-        self._state_attrs = {
-            state: {**pool_attrs, "db.client.connection.state": state} for state in (IDLE, USED)
-        }
+        self._state_attrs = {state: {**pool_attrs, "db.client.connection.state": state} for state in (IDLE, USED)}
 
     def connections(self, state: str, delta: int) -> None:
         """``delta`` connections entered (1) or left (-1) ``state``."""

@@ -132,9 +132,7 @@ class RequestContextMiddleware:
                         "path": scope["path"],
                         "status": status,
                         "duration_ms": round(elapsed_ns / 1e6, 3),
-                        "client_ip": telemetry.trusted_proxies.client_ip(
-                            client[0] if client else None, forwarded_for
-                        ),
+                        "client_ip": telemetry.trusted_proxies.client_ip(client[0] if client else None, forwarded_for),
                     },
                 )
 

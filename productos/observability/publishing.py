@@ -134,9 +134,7 @@ class Figures:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Figures:
-        return cls(
-            Cumulative.from_json(data.get("requests", {})), Cumulative.from_json(data.get("queries", {}))
-        )
+        return cls(Cumulative.from_json(data.get("requests", {})), Cumulative.from_json(data.get("queries", {})))
 
 
 @dataclass(frozen=True)
@@ -178,9 +176,7 @@ def figures_from(families: Iterable[Any], excluded_routes: Sequence[str] = EXCLU
         buckets: dict[float, float] = {}
         total = count = 0.0
         for sample in family.samples:
-            if family.name == HTTP_DURATION and _excluded(
-                sample.labels.get("http_route", ""), excluded_routes
-            ):
+            if family.name == HTTP_DURATION and _excluded(sample.labels.get("http_route", ""), excluded_routes):
                 continue
             if sample.name.endswith("_bucket"):
                 le = float(sample.labels["le"])
@@ -197,9 +193,7 @@ def pool_from(families: Iterable[Any]) -> PoolSample:
     in_use = capacity = 0.0
     for family in families:
         if family.name == CONNECTION_COUNT:
-            in_use += sum(
-                s.value for s in family.samples if s.labels.get("db_client_connection_state") == "used"
-            )
+            in_use += sum(s.value for s in family.samples if s.labels.get("db_client_connection_state") == "used")
         elif family.name == CONNECTION_MAX:
             capacity += sum(s.value for s in family.samples)
     return PoolSample(max(in_use, 0.0), max(capacity, 0.0))
@@ -229,9 +223,7 @@ class MultiprocessSource:
 class RegistrySource:
     """Figures of one process, from its registry (a single process: ``uvicorn``, tests)."""
 
-    def __init__(
-        self, registry: CollectorRegistry, *, excluded_routes: Sequence[str] = EXCLUDED_ROUTES
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry, *, excluded_routes: Sequence[str] = EXCLUDED_ROUTES) -> None:
         self.registry = registry
         self.excluded_routes = tuple(excluded_routes)
 
@@ -403,9 +395,7 @@ class PublishingLoop:
         if max_buffer < 1:
             raise ValueError("max_buffer must be at least 1")
         self._publisher_or_factory = publisher
-        self.publisher: MetricsPublisher | None = (
-            publisher if isinstance(publisher, MetricsPublisher) else None
-        )
+        self.publisher: MetricsPublisher | None = publisher if isinstance(publisher, MetricsPublisher) else None
         self._source = source
         self._resolve_dimensions = dimensions
         self.interval = float(interval)
@@ -573,9 +563,7 @@ class PublishingLoop:
                 self._buffer.popleft()
             self._dropped_unreported += excess
             self.dropped_total += excess
-            logger.warning(
-                "metrics buffer full: dropped the %d oldest datapoints", excess, extra={"dropped": excess}
-            )
+            logger.warning("metrics buffer full: dropped the %d oldest datapoints", excess, extra={"dropped": excess})
 
     async def _send_loop(self) -> None:
         backoff = 0.0

@@ -95,9 +95,7 @@ def _meter_provider(resource: Resource, exporter: str, endpoint: str | None) -> 
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        metric_exporter = OTLPMetricExporter(
-            endpoint=f"{endpoint.rstrip('/')}/v1/metrics" if endpoint else None
-        )
+        metric_exporter = OTLPMetricExporter(endpoint=f"{endpoint.rstrip('/')}/v1/metrics" if endpoint else None)
     # The export interval is OTEL_METRIC_EXPORT_INTERVAL (ms, 60 s by default).
     provider = MeterProvider(
         metric_readers=[PeriodicExportingMetricReader(metric_exporter)],

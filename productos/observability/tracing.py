@@ -58,9 +58,7 @@ class Tracing:
         xray: trace ids are X-Ray ids (an epoch second, then random bits) and logs show them X-Ray style too.
     """
 
-    def __init__(
-        self, provider: TracerProvider, propagator: TextMapPropagator, *, xray: bool = False
-    ) -> None:
+    def __init__(self, provider: TracerProvider, propagator: TextMapPropagator, *, xray: bool = False) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer("productos")
         self.propagator = propagator
@@ -109,13 +107,9 @@ def create_tracing(resource: Resource, *, exporter: str, endpoint: str | None, x
         id_generator = AwsXRayIdGenerator()
         # X-Ray last: when both headers come in, the ALB's or API Gateway's X-Ray context wins.
         propagator = CompositePropagator([TraceContextTextMapPropagator(), AwsXRayPropagator()])
-    provider = TracerProvider(
-        sampler=sampler, resource=resource, id_generator=id_generator, shutdown_on_exit=False
-    )
+    provider = TracerProvider(sampler=sampler, resource=resource, id_generator=id_generator, shutdown_on_exit=False)
     if span_export is not None:
-        processor = (
-            SimpleSpanProcessor(span_export) if exporter == "console" else BatchSpanProcessor(span_export)
-        )
+        processor = SimpleSpanProcessor(span_export) if exporter == "console" else BatchSpanProcessor(span_export)
         provider.add_span_processor(processor)
     _install_globally(provider, propagator)
     return Tracing(provider, propagator, xray=xray)

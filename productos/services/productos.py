@@ -37,9 +37,7 @@ class ProductService:
             await uow.commit()
         return created
 
-    async def update(
-        self, producto_id: int, patch: ProductoPatch, *, expected_version: int | None = None
-    ) -> Producto:
+    async def update(self, producto_id: int, patch: ProductoPatch, *, expected_version: int | None = None) -> Producto:
         if not is_valid_id(producto_id):
             raise NotFoundError(f"Producto {producto_id} no encontrado")
         async with self._uow() as uow:

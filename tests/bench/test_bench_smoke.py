@@ -82,9 +82,7 @@ def test_every_contender_creates_with_the_same_shape(servers: dict[str, Server])
     shapes = {}
     for key, server in servers.items():
         path = server.contender.small[2].first_path
-        response = httpx.post(
-            server.base_url + path, json={"nombre": "Ratón", "precio": 12.5, "stock": 2}, timeout=10
-        )
+        response = httpx.post(server.base_url + path, json={"nombre": "Ratón", "precio": 12.5, "stock": 2}, timeout=10)
         assert response.status_code == 201, (key, response.text)
         body = response.json()
         assert (body["nombre"], body["precio"], body["stock"], body["descripcion"]) == (
@@ -176,8 +174,6 @@ def test_variants_derive_from_productos() -> None:
     assert (pool.key, pool.app, pool.gunicorn_args) == ("pool30", base.app, base.gunicorn_args)
     assert pool.env == {**base.env, "DB_POOL_SIZE": "30", "DB_MAX_OVERFLOW": "0"}
     other = variant(base, "deps:APP=bench.contenders.productos_variants:async_deps,LOG_LEVEL=warning")
-    assert (
-        other.app == "bench.contenders.productos_variants:async_deps" and other.env["LOG_LEVEL"] == "warning"
-    )
+    assert other.app == "bench.contenders.productos_variants:async_deps" and other.env["LOG_LEVEL"] == "warning"
     with pytest.raises(ValueError):
         variant(base, "bad:NOEQUALS")

@@ -46,9 +46,7 @@ async def update(
     expected_version: int | None = None,
 ) -> Producto | None:
     async with uow_factory() as uow:
-        updated = await uow.productos.update(
-            producto_id, ProductoPatch(changes), expected_version=expected_version
-        )
+        updated = await uow.productos.update(producto_id, ProductoPatch(changes), expected_version=expected_version)
         await uow.commit()
     return updated
 
@@ -257,9 +255,7 @@ async def test_each_update_bumps_the_version_by_one(uow_factory: UnitOfWorkFacto
 
 
 @pytest.mark.parametrize("expected_version", [None, 1])
-async def test_update_missing_returns_none(
-    uow_factory: UnitOfWorkFactory, expected_version: int | None
-) -> None:
+async def test_update_missing_returns_none(uow_factory: UnitOfWorkFactory, expected_version: int | None) -> None:
     assert await update(uow_factory, 424242, {"stock": 1}, expected_version) is None
 
 

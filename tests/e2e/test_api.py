@@ -247,9 +247,7 @@ async def test_link_keeps_the_limit_and_the_after_cursor(client: httpx.AsyncClie
     assert [p["id"] for p in response.json()] == [ids[2]]
 
 
-@pytest.mark.parametrize(
-    "query", ["limit=0", "limit=1001", "limit=x", "after=-1", "after=x", f"after={2**63}"]
-)
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "after=-1", "after=x", f"after={2**63}"])
 async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, query: str) -> None:
     response = await client.get(f"/productos?{query}")
     assert response.status_code == 422
@@ -288,9 +286,7 @@ async def test_if_match_on_missing_product_is_404(client: httpx.AsyncClient) -> 
     assert response.status_code == 404
 
 
-@pytest.mark.parametrize(
-    "value", [b"abc", b'"1.5"', b'"-1"', b'"' + b"9" * 30 + b'"', b'"\xb2"', b'"\xd9\xa1"']
-)
+@pytest.mark.parametrize("value", [b"abc", b'"1.5"', b'"-1"', b'"' + b"9" * 30 + b'"', b'"\xb2"', b'"\xd9\xa1"'])
 async def test_malformed_if_match_is_422(client: httpx.AsyncClient, value: bytes) -> None:
     pid = (await create(client))["id"]
     response = await client.patch(f"/productos/{pid}", json={"stock": 1}, headers=[(b"If-Match", value)])

@@ -46,9 +46,7 @@ async def send(client: httpx.AsyncClient, method: str, pid: int, content: bytes)
 WRITES = ("POST", "PUT", "PATCH")
 
 
-@pytest.mark.parametrize(
-    "content", [b'{"nombre": ', b"not json", b'{"nombre":"x","precio":1,}', b"{'a': 1}", b"\x00"]
-)
+@pytest.mark.parametrize("content", [b'{"nombre": ', b"not json", b'{"nombre":"x","precio":1,}', b"{'a': 1}", b"\x00"])
 async def test_invalid_json_is_422(client: httpx.AsyncClient, pid: int, content: bytes) -> None:
     for method in WRITES:
         detail = assert_validation_error(await send(client, method, pid, content))
@@ -208,9 +206,7 @@ async def test_bad_precio_is_422_without_echo(client: httpx.AsyncClient, pid: in
     assert len((await client.get("/productos")).json()) == 1
 
 
-@pytest.mark.parametrize(
-    "literal", ['"NaN"', '"Infinity"', '"1e309"', '"abc"', '""', "true", "null", "[]", "{}"]
-)
+@pytest.mark.parametrize("literal", ['"NaN"', '"Infinity"', '"1e309"', '"abc"', '""', "true", "null", "[]", "{}"])
 async def test_precio_of_the_wrong_type_is_422(client: httpx.AsyncClient, literal: str) -> None:
     content = b'{"nombre":"Mesa","precio":' + literal.encode() + b"}"
     assert_validation_error(await client.post("/productos", content=content, headers=JSON))
@@ -291,9 +287,7 @@ async def test_wrong_patches_are_422(client: httpx.AsyncClient, pid: int, body: 
     assert (stored["nombre"], stored["precio"], stored["stock"], stored["version"]) == ("Mesa", 19.99, 1, 1)
 
 
-@pytest.mark.parametrize(
-    "content", [b"[]", b'"Mesa"', b"42", b"null", b"true", b'[{"nombre":"x","precio":1}]']
-)
+@pytest.mark.parametrize("content", [b"[]", b'"Mesa"', b"42", b"null", b"true", b'[{"nombre":"x","precio":1}]'])
 async def test_body_that_is_not_an_object_is_422(client: httpx.AsyncClient, content: bytes) -> None:
     assert_validation_error(await client.post("/productos", content=content, headers=JSON))
 

@@ -21,9 +21,7 @@ floats = st.floats(allow_nan=True, allow_infinity=True)
 json_scalars = st.none() | st.booleans() | st.integers() | huge_ints | floats | st.text(max_size=50)
 json_values = st.recursive(
     json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=15,
 )
 field_values = (
@@ -93,9 +91,7 @@ async def test_random_json_bodies_never_cause_a_server_error(
     client, existing = fuzz_client
     path = "/productos" if method == "POST" else f"/productos/{existing if target == 'existing' else 987654}"
     content = json.dumps(body, allow_nan=True).encode()
-    response = await client.request(
-        method, path, content=content, headers={"content-type": "application/json"}
-    )
+    response = await client.request(method, path, content=content, headers={"content-type": "application/json"})
     event(f"{method} {target} -> {response.status_code}")
     assert response.status_code < 500, response.text
     if response.status_code == 422:
@@ -115,7 +111,5 @@ async def test_random_bytes_never_cause_a_server_error(
 ) -> None:
     client, existing = fuzz_client
     path = "/productos" if method == "POST" else f"/productos/{existing}"
-    response = await client.request(
-        method, path, content=content, headers={"content-type": "application/json"}
-    )
+    response = await client.request(method, path, content=content, headers={"content-type": "application/json"})
     assert response.status_code < 500, response.text

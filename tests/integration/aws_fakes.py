@@ -101,9 +101,7 @@ class AwsProxy(_Background):
         self.release()
         super().close()
 
-    def of(
-        self, action: str = "PutMetricData", *, since: float = 0.0, until: float = float("inf")
-    ) -> list[Call]:
+    def of(self, action: str = "PutMetricData", *, since: float = 0.0, until: float = float("inf")) -> list[Call]:
         with self.lock:
             return [c for c in self.calls if c.action == action and since <= c.at < until]
 

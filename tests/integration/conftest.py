@@ -133,9 +133,7 @@ class PasswordCluster:
     def url(self, user: str, password: str, database: str) -> str:
         from urllib.parse import quote
 
-        return (
-            f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
-        )
+        return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
 
 
 def _clusters() -> list[tuple[str, str, int, str]]:
@@ -174,10 +172,7 @@ def password_cluster() -> Iterator[PasswordCluster]:
         match = re.fullmatch(rf"{CLUSTER_PREFIX}(\d+)", name)
         if match and not _alive(int(match.group(1))):
             _drop(version, name)
-    version = (
-        max((row[0] for row in clusters), key=float, default=None)
-        or sorted(os.listdir("/etc/postgresql"))[-1]
-    )
+    version = max((row[0] for row in clusters), key=float, default=None) or sorted(os.listdir("/etc/postgresql"))[-1]
     name = f"{CLUSTER_PREFIX}{os.getpid()}"
     _drop(version, name)
     port = free_port()
@@ -193,9 +188,7 @@ def password_cluster() -> Iterator[PasswordCluster]:
         )  # fmt: skip
     except subprocess.CalledProcessError as exc:
         _drop(version, name)
-        pytest.fail(
-            f"could not create a PostgreSQL cluster: {exc.stderr.decode(errors='replace')}", pytrace=False
-        )
+        pytest.fail(f"could not create a PostgreSQL cluster: {exc.stderr.decode(errors='replace')}", pytrace=False)
     try:
         yield PasswordCluster(version, name, port)
     finally:

@@ -79,9 +79,7 @@ class ControllableProxy:
             client_writer.transport.abort()
             return
         self._writers.add(upstream_writer)
-        await asyncio.gather(
-            self._pump(client_reader, upstream_writer), self._pump(upstream_reader, client_writer)
-        )
+        await asyncio.gather(self._pump(client_reader, upstream_writer), self._pump(upstream_reader, client_writer))
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -111,9 +111,7 @@ def test_scaling_policies_apply_and_read_back_equal(aws: Aws, stack: Stack) -> N
     assert "applied scaling policy productos-api-db-pool-80" in stderr
     stored = {
         p["PolicyName"]: p
-        for p in client(aws, "autoscaling").describe_policies(AutoScalingGroupName=ASG_NAME)[
-            "ScalingPolicies"
-        ]
+        for p in client(aws, "autoscaling").describe_policies(AutoScalingGroupName=ASG_NAME)["ScalingPolicies"]
     }
     assert set(stored) == {p["PolicyName"] for p in printed}
     for policy in printed:
@@ -139,10 +137,7 @@ def test_scaling_policies_apply_and_read_back_equal(aws: Aws, stack: Stack) -> N
         "--target-group",
         stack.target_group_arn,
     )
-    assert (
-        len(client(aws, "autoscaling").describe_policies(AutoScalingGroupName=ASG_NAME)["ScalingPolicies"])
-        == 3
-    )
+    assert len(client(aws, "autoscaling").describe_policies(AutoScalingGroupName=ASG_NAME)["ScalingPolicies"]) == 3
 
 
 def test_the_pool_policy_reads_what_the_publisher_sends() -> None:
@@ -156,13 +151,9 @@ def test_the_pool_policy_reads_what_the_publisher_sends() -> None:
         dimension_sets=[((ASG_DIMENSION, ASG_NAME),), ((ASG_DIMENSION, ASG_NAME), ("InstanceId", "i-1"))],
     )  # fmt: skip
     published = [d for d in datums if d.name == DB_POOL_UTILIZATION]
-    matching = [
-        d for d in published if [{"Name": k, "Value": v} for k, v in d.dimensions] == spec["Dimensions"]
-    ]
+    matching = [d for d in published if [{"Name": k, "Value": v} for k, v in d.dimensions] == spec["Dimensions"]]
     assert len(matching) == 1  # the ASG-wide copy, not the per-instance one
-    assert (
-        spec["MetricName"] == DB_POOL_UTILIZATION and spec["Unit"] == UNITS[DB_POOL_UTILIZATION] == "Percent"
-    )
+    assert spec["MetricName"] == DB_POOL_UTILIZATION and spec["Unit"] == UNITS[DB_POOL_UTILIZATION] == "Percent"
     assert spec["Namespace"] == "Custom/Productos"
     assert spec["Statistic"] == "Average"  # the mean over the instances' samples: what the target compares
 
@@ -180,9 +171,7 @@ def test_alarms_apply_and_read_back_equal(aws: Aws, stack: Stack) -> None:
     ]
     stored = {
         a["AlarmName"]: a
-        for a in client(aws, "cloudwatch").describe_alarms(AlarmNames=[a["AlarmName"] for a in printed])[
-            "MetricAlarms"
-        ]
+        for a in client(aws, "cloudwatch").describe_alarms(AlarmNames=[a["AlarmName"] for a in printed])["MetricAlarms"]
     }
     assert set(stored) == {a["AlarmName"] for a in printed}
     for alarm in printed:
@@ -205,9 +194,7 @@ def test_dashboard_apply_and_read_back_equal(aws: Aws, stack: Stack) -> None:
     )  # fmt: skip
     back = client(aws, "cloudwatch").get_dashboard(DashboardName=printed["DashboardName"])
     assert json.loads(back["DashboardBody"]) == printed["DashboardBody"]
-    titles = [
-        w["properties"].get("markdown") for w in printed["DashboardBody"]["widgets"] if w["type"] == "text"
-    ]
+    titles = [w["properties"].get("markdown") for w in printed["DashboardBody"]["widgets"] if w["type"] == "text"]
     assert titles == [
         "## API Gateway",
         "## Application Load Balancer",

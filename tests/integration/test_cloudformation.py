@@ -71,9 +71,7 @@ def differences(expected: Any, actual: Any, path: str = "") -> list[str]:
         return out
     if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
         return [
-            d
-            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
-            for d in differences(e, a, f"{path}[{i}]")
+            d for i, (e, a) in enumerate(zip(expected, actual, strict=True)) for d in differences(e, a, f"{path}[{i}]")
         ]
     return [] if expected == actual else [f"{path}: expected {expected!r}, got {actual!r}"]
 
@@ -169,9 +167,7 @@ def test_the_image_build_and_the_readme_name_files_that_exist() -> None:
         assert (packer.parent / name).resolve().is_file(), name
     subprocess.run(["bash", "-n", str(DEPLOY / "packer" / "install.sh")], check=True)
     links = re.findall(r"\]\(([^)#:]+)\)", (DEPLOY / "README.md").read_text())
-    assert {"cloudformation.yaml", "user-data.sh", "productos.service", "packer/productos.pkr.hcl"} <= set(
-        links
-    )
+    assert {"cloudformation.yaml", "user-data.sh", "productos.service", "packer/productos.pkr.hcl"} <= set(links)
     for link in links:
         assert (DEPLOY / link).is_file(), link
 
@@ -198,12 +194,8 @@ def test_security_groups_are_the_guides(template: dict[str, Any]) -> None:
 def test_timeouts_match_the_services_settings(template: dict[str, Any]) -> None:
     fields = Settings.model_fields
     resources_ = template["Resources"]
-    attributes = {
-        a["Key"]: a["Value"] for a in resources_["TargetGroup"]["Properties"]["TargetGroupAttributes"]
-    }
-    assert (
-        attributes["deregistration_delay.timeout_seconds"] == str(fields["graceful_timeout"].default) == "30"
-    )
+    attributes = {a["Key"]: a["Value"] for a in resources_["TargetGroup"]["Properties"]["TargetGroupAttributes"]}
+    assert attributes["deregistration_delay.timeout_seconds"] == str(fields["graceful_timeout"].default) == "30"
     assert resources_["TargetGroup"]["Properties"]["Port"] == fields["app_port"].default
     idle = {a["Key"]: a["Value"] for a in resources_["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]}
     assert int(idle["idle_timeout.timeout_seconds"]) < fields["keepalive"].default
@@ -220,8 +212,7 @@ def test_instances_rds_and_api_are_the_guides(template: dict[str, Any]) -> None:
         "InstanceMetadataTags": "enabled",
     }  # fmt: skip
     assert (
-        r["PrivateSubnet1"]["Properties"]["AvailabilityZone"]
-        != r["PrivateSubnet2"]["Properties"]["AvailabilityZone"]
+        r["PrivateSubnet1"]["Properties"]["AvailabilityZone"] != r["PrivateSubnet2"]["Properties"]["AvailabilityZone"]
     )
     asg = r["AutoScalingGroup"]["Properties"]
     assert asg["VPCZoneIdentifier"] == [{"Ref": "PrivateSubnet1"}, {"Ref": "PrivateSubnet2"}]
@@ -245,9 +236,7 @@ def test_instances_rds_and_api_are_the_guides(template: dict[str, Any]) -> None:
     listener = r["HttpListener"]["Properties"]["DefaultActions"][0]
     assert listener["Type"] == "redirect" and listener["RedirectConfig"]["Port"] == "443"
     statements = r["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-    actions = sorted(
-        a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
-    )
+    actions = sorted(a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))
     assert actions == [
         "cloudwatch:PutMetricData", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents",
         "secretsmanager:GetSecretValue", "ssm:GetParametersByPath",
@@ -408,15 +397,11 @@ def moto_stack(moto_endpoint: str, template: dict[str, Any]) -> Iterator[MotoSta
 
     moto_post(moto_endpoint, "/moto-api/reset")
     kinds = {r["Type"] for r in template["Resources"].values()}
-    assert kinds - set(get_model_map()) == NOT_IN_MOTO_CFN, (
-        "moto's CloudFormation changed: update NOT_IN_MOTO_CFN"
-    )
+    assert kinds - set(get_model_map()) == NOT_IN_MOTO_CFN, "moto's CloudFormation changed: update NOT_IN_MOTO_CFN"
 
     parameters = {name: str(p["Default"]) for name, p in template["Parameters"].items() if "Default" in p}
     parameters["AmiId"] = client(moto_endpoint, "ec2").describe_images()["Images"][0]["ImageId"]
-    parameters["CertificateArn"] = client(moto_endpoint, "acm").request_certificate(DomainName=DOMAIN)[
-        "CertificateArn"
-    ]
+    parameters["CertificateArn"] = client(moto_endpoint, "acm").request_certificate(DomainName=DOMAIN)["CertificateArn"]
     parameters["DomainName"] = DOMAIN
     base = Names(
         refs={
@@ -460,22 +445,14 @@ def moto_stack(moto_endpoint: str, template: dict[str, Any]) -> Iterator[MotoSta
         if "LogicalResourceId" in r
     }
     assert "DnsRecord" not in physical  # no HostedZoneId: no record
-    log_groups = client(moto_endpoint, "logs").describe_log_groups(logGroupNamePrefix="/productos-api/")[
-        "logGroups"
-    ]
+    log_groups = client(moto_endpoint, "logs").describe_log_groups(logGroupNamePrefix="/productos-api/")["logGroups"]
     names = Names(
         refs={**base.refs, **physical, "HttpApi": made["ApiId"]},
         attributes={
             "LoadBalancer.LoadBalancerFullName": physical["LoadBalancer"].split(":loadbalancer/", 1)[1],
-            "TargetGroup.TargetGroupFullName": "targetgroup/"
-            + physical["TargetGroup"].split(":targetgroup/", 1)[1],
+            "TargetGroup.TargetGroupFullName": "targetgroup/" + physical["TargetGroup"].split(":targetgroup/", 1)[1],
             "Database.MasterUserSecret.SecretArn": secret_arn,
-            **{
-                f"{name}.Arn": g["arn"]
-                for g in log_groups
-                for name in physical
-                if physical[name] == g["logGroupName"]
-            },
+            **{f"{name}.Arn": g["arn"] for g in log_groups for name in physical if physical[name] == g["logGroupName"]},
         },
     )
 
@@ -526,9 +503,7 @@ def test_moto_creates_the_auto_scaling_group(moto_stack: MotoStack) -> None:
 
 def test_moto_creates_the_target_group_with_the_guides_health_check(moto_stack: MotoStack) -> None:
     elbv2 = moto_stack.client("elbv2")
-    (group,) = elbv2.describe_target_groups(TargetGroupArns=[moto_stack.physical["TargetGroup"]])[
-        "TargetGroups"
-    ]
+    (group,) = elbv2.describe_target_groups(TargetGroupArns=[moto_stack.physical["TargetGroup"]])["TargetGroups"]
     assert {k: group[k] for k in (
         "Protocol", "Port", "HealthCheckProtocol", "HealthCheckPath", "HealthCheckIntervalSeconds",
         "HealthCheckTimeoutSeconds", "HealthyThresholdCount", "UnhealthyThresholdCount", "Matcher",
@@ -539,9 +514,7 @@ def test_moto_creates_the_target_group_with_the_guides_health_check(moto_stack: 
     }  # fmt: skip
     listeners = {
         listener["Port"]: listener
-        for listener in elbv2.describe_listeners(LoadBalancerArn=moto_stack.physical["LoadBalancer"])[
-            "Listeners"
-        ]
+        for listener in elbv2.describe_listeners(LoadBalancerArn=moto_stack.physical["LoadBalancer"])["Listeners"]
     }
     redirect = listeners[80]["DefaultActions"][0]
     assert redirect["Type"] == "redirect"
@@ -715,18 +688,13 @@ async def test_user_data_points_the_service_at_the_stacks_settings(
     }.items():
         monkeypatch.setenv(key, value)
     resolved = await resolve_settings(env_file=None)
-    (db,) = moto_stack.client("rds").describe_db_instances(
-        DBInstanceIdentifier=moto_stack.physical["Database"]
-    )["DBInstances"]
+    (db,) = moto_stack.client("rds").describe_db_instances(DBInstanceIdentifier=moto_stack.physical["Database"])[
+        "DBInstances"
+    ]
     url = resolved.settings.database_url.get_secret_value()
     password = quote(moto_stack.password, safe="")
-    assert (
-        url == f"postgresql://productos:{password}@{db['Endpoint']['Address']}:5432/productos?sslmode=require"
-    )
-    assert (
-        resolved.sources["database_url"]
-        == f"secretsmanager:{moto_stack.secret_arn}+ssm:/productos-api/database-url"
-    )
+    assert url == f"postgresql://productos:{password}@{db['Endpoint']['Address']}:5432/productos?sslmode=require"
+    assert resolved.sources["database_url"] == f"secretsmanager:{moto_stack.secret_arn}+ssm:/productos-api/database-url"
     assert resolved.settings.metrics_publisher == "cloudwatch"
     # Pools sized for ten instances on one small database, from the stack's parameters.
     assert (resolved.settings.db_pool_size, resolved.settings.db_max_overflow) == (2, 2)

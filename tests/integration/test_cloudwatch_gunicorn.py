@@ -223,9 +223,7 @@ def test_calls_per_step_do_not_grow_with_load_or_workers(site: Site, workers: in
         wait_until(lambda: len(site.proxy.of("PutMetricData")) >= 2)
         quiet, _ = _measure_calls(server, site.proxy, 6, load=0)
         busy, served = _measure_calls(server, site.proxy, 6, load=16)
-    print(
-        f"\n{workers} worker(s): PutMetricData calls in 6 steps: {quiet} idle, {busy} under {served} requests"
-    )
+    print(f"\n{workers} worker(s): PutMetricData calls in 6 steps: {quiet} idle, {busy} under {served} requests")
     assert served > 300
     assert 5 <= quiet <= 7 and 5 <= busy <= 7  # one per step: 6 steps, give or take one at the edges
     assert abs(busy - quiet) <= 1

@@ -71,9 +71,7 @@ async def test_no_metadata_service_at_all_is_quick() -> None:
 async def test_a_blackholed_link_local_address_respects_the_deadline() -> None:
     # 169.254.169.254 off EC2: the connection attempt goes nowhere (or is refused); either way, bounded.
     started = time.monotonic()
-    identity = await InstanceMetadata("http://169.254.169.254", timeout=0.2, attempts=1).identity(
-        deadline=0.5
-    )
+    identity = await InstanceMetadata("http://169.254.169.254", timeout=0.2, attempts=1).identity(deadline=0.5)
     assert identity is None
     assert time.monotonic() - started < 1.0
 
@@ -129,9 +127,7 @@ async def test_without_metadata_tags_the_asg_comes_from_the_auto_scaling_api(
             async def autoscaling() -> Any:
                 return await clients.client("autoscaling")
 
-            sets = await resolve_dimension_sets(
-                None, metadata=InstanceMetadata(imds.url), autoscaling=autoscaling
-            )
+            sets = await resolve_dimension_sets(None, metadata=InstanceMetadata(imds.url), autoscaling=autoscaling)
     assert sets == [
         (("AutoScalingGroupName", asg),),
         (("AutoScalingGroupName", asg), ("InstanceId", instance)),

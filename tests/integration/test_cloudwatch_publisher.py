@@ -33,9 +33,7 @@ def proxy(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsProxy]:
 @pytest.fixture
 async def clients(proxy: AwsProxy) -> AsyncIterator[AwsClients]:
     # moto takes seconds to store a thousand datums: a read timeout for moto, not for CloudWatch.
-    async with AwsClients(
-        AwsConfig(region=REGION, connect_timeout=1, read_timeout=30, max_attempts=3)
-    ) as aws:
+    async with AwsClients(AwsConfig(region=REGION, connect_timeout=1, read_timeout=30, max_attempts=3)) as aws:
         yield aws
 
 
@@ -70,8 +68,7 @@ async def test_a_backlog_goes_in_calls_of_at_most_1000_datums_gzipped(
     publisher = CloudWatchPublisher(await clients.client("cloudwatch"), "Productos")
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
     data = [
-        MetricDatum("RequestCount", "Count", start + timedelta(seconds=i), PER_INSTANCE, value=1.0)
-        for i in range(1050)
+        MetricDatum("RequestCount", "Count", start + timedelta(seconds=i), PER_INSTANCE, value=1.0) for i in range(1050)
     ]
     await publisher.publish(data)
     calls = proxy.of("PutMetricData")
@@ -104,9 +101,7 @@ async def test_5xx_is_retried(aws: Aws, proxy: AwsProxy, clients: AwsClients) ->
     assert [c.answer for c in proxy.of("PutMetricData")] == [503, 503, 200]
 
 
-async def test_throttling_beyond_the_attempts_is_a_publish_error(
-    proxy: AwsProxy, clients: AwsClients
-) -> None:
+async def test_throttling_beyond_the_attempts_is_a_publish_error(proxy: AwsProxy, clients: AwsClients) -> None:
     publisher = CloudWatchPublisher(await clients.client("cloudwatch"), "Productos")
     proxy.throttle(3)
     with pytest.raises(PublishError, match="Throttling") as caught:
@@ -133,9 +128,7 @@ class Traffic:
         self.count = 0.0
 
     def figures(self) -> Figures:
-        return Figures(
-            Cumulative(((0.005, self.count), (float("inf"), self.count)), self.count * 0.002, self.count)
-        )
+        return Figures(Cumulative(((0.005, self.count), (float("inf"), self.count)), self.count * 0.002, self.count))
 
     def pool(self) -> PoolSample:
         return PoolSample(3, 10)

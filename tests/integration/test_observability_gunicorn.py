@@ -262,9 +262,7 @@ class OtlpCollector:
                     for scope in resource_metrics.scope_metrics:
                         for metric in scope.metrics:
                             if metric.HasField("histogram"):
-                                self.histogram_points.extend(
-                                    (metric.name, p) for p in metric.histogram.data_points
-                                )
+                                self.histogram_points.extend((metric.name, p) for p in metric.histogram.data_points)
 
     def trace(self, trace_id: str) -> list[Span]:
         with self.lock:
@@ -310,9 +308,7 @@ def test_access_line_spans_and_metrics_share_one_trace_id(workdir: Path, databas
             "PRODUCTOS_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
         }
         with Gunicorn(workdir, env, workers=2) as server:
-            created = httpx.post(
-                f"{server.base_url}/productos", json={"nombre": "trazado", "precio": 2}
-            ).json()
+            created = httpx.post(f"{server.base_url}/productos", json={"nombre": "trazado", "precio": 2}).json()
             response = httpx.get(
                 f"{server.base_url}/productos/{created['id']}",
                 headers={
@@ -346,18 +342,13 @@ def test_access_line_spans_and_metrics_share_one_trace_id(workdir: Path, databas
             # The metrics: their exemplars carry the trace id.
             wait_for(
                 "the request's exemplar",
-                lambda: (
-                    trace_id
-                    in collector.exemplar_traces("http.server.request.duration", **{"http.route": ROUTE})
-                ),
+                lambda: trace_id in collector.exemplar_traces("http.server.request.duration", **{"http.route": ROUTE}),
             )
             wait_for(
                 "the query's exemplar",
                 lambda: (
                     trace_id
-                    in collector.exemplar_traces(
-                        "db.client.operation.duration", **{"db.operation.name": "SELECT"}
-                    )
+                    in collector.exemplar_traces("db.client.operation.duration", **{"db.operation.name": "SELECT"})
                 ),
             )
 
@@ -393,8 +384,6 @@ def test_gunicorn_and_uvicorn_write_json_lines_even_when_the_app_cannot_start(wo
     output = (result.stdout + result.stderr).decode()
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]  # every line parses
     messages = {line["message"] for line in lines}
-    assert {"Starting gunicorn", "Application startup failed. Exiting."} <= {
-        m.split(" 2")[0] for m in messages
-    }
+    assert {"Starting gunicorn", "Application startup failed. Exiting."} <= {m.split(" 2")[0] for m in messages}
     assert any(m.startswith("Started server process") for m in messages)
     assert any(m.startswith("Traceback") for m in messages)  # the traceback, as one JSON line

@@ -60,9 +60,7 @@ async def test_settings_tune_the_clients(aws: Aws, monkeypatch: pytest.MonkeyPat
         assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 5}
 
 
-async def test_the_container_owns_the_clients_from_start_to_shutdown(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_container_owns_the_clients_from_start_to_shutdown(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     aws.put_parameters({"/productos-api/database-url": "sqlite+aiosqlite:///:memory:"})
     aws.put_secret("productos/config", {"LOG_LEVEL": "warning"})
     monkeypatch.setenv("PRODUCTOS_SSM_PATH", "/productos-api/")

@@ -57,9 +57,7 @@ class Fixed:
         return {key: SettingValue(value, "fixed") for key, value in self.values.items()}
 
 
-async def test_own_sources_rank_above_aws_and_below_the_environment(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_own_sources_rank_above_aws_and_below_the_environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     aws.put_parameters({"/p/database-url": "postgresql://ssm@db/p"})
     aws.put_parameters({"/p/workers": "2", "/p/log-level": "debug"}, kind="String")
     aws.put_secret("s", {"LOG_LEVEL": "info", "DB_POOL_SIZE": 3})

@@ -60,9 +60,7 @@ async def test_missing_database_url_parameter(aws: Aws, monkeypatch: pytest.Monk
     assert "/productos-api/database-url" in message
 
 
-async def test_credentials_only_secret_without_a_url_to_complete(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_credentials_only_secret_without_a_url_to_complete(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     aws.put_secret("rds-master", {"username": "postgres", "password": SECRET})
     monkeypatch.setenv("PRODUCTOS_SECRET_ID", "rds-master")
     message = await failure()
@@ -184,9 +182,7 @@ async def test_hung_endpoint_times_out(aws: Aws, monkeypatch: pytest.MonkeyPatch
         (json.dumps([DB_URL]), "is JSON but not an object"),
     ],
 )
-async def test_malformed_secret(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch, stored: str, expected: str
-) -> None:
+async def test_malformed_secret(aws: Aws, monkeypatch: pytest.MonkeyPatch, stored: str, expected: str) -> None:
     aws.put_secret("productos/db", stored)
     monkeypatch.setenv("PRODUCTOS_SECRET_ID", "productos/db")
     message = await failure()
@@ -201,9 +197,7 @@ async def test_binary_secret(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_rds_secret_of_another_engine(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
-    aws.put_secret(
-        "rds-mysql", {"username": "u", "password": SECRET, "engine": "mysql", "host": "h", "port": 3306}
-    )
+    aws.put_secret("rds-mysql", {"username": "u", "password": SECRET, "engine": "mysql", "host": "h", "port": 3306})
     monkeypatch.setenv("PRODUCTOS_SECRET_ID", "rds-mysql")
     message = await failure()
     assert "rds-mysql" in message and "'mysql' engine" in message and "PostgreSQL" in message

@@ -67,9 +67,7 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comple
 
 async def test_a_served_run_prints_no_secret(aws: Aws, scratch_database: str, tmp_path: Path) -> None:
     aws.put_parameters(
-        {
-            "/productos-api/database-url": f"postgresql://postgres:{SSM_SECRET}@127.0.0.1:5432/{scratch_database}"
-        }
+        {"/productos-api/database-url": f"postgresql://postgres:{SSM_SECRET}@127.0.0.1:5432/{scratch_database}"}
     )
     aws.put_parameters({"/productos-api/log-level": "debug"}, kind="String")
     # RDS-managed style: the secret's credentials complete the URL from SSM; one more key names no setting.
@@ -78,9 +76,7 @@ async def test_a_served_run_prints_no_secret(aws: Aws, scratch_database: str, tm
 
     bodies: list[str] = []
     with Gunicorn(tmp_path, env, workers=1) as server:
-        async with httpx.AsyncClient(
-            base_url=server.base_url, timeout=10, event_hooks=keep(bodies)
-        ) as client:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10, event_hooks=keep(bodies)) as client:
             assert (await client.get("/health")).status_code == 200
             created = await client.post("/productos", json={"nombre": "lámpara", "precio": 12.5})
             assert created.status_code == 201
@@ -150,9 +146,7 @@ def test_failed_runs_print_no_secret(aws: Aws, tmp_path: Path, secret: str, runs
     assert_no_secret("\n".join(outputs.values()))
 
 
-async def test_a_refused_login_prints_no_secret(
-    aws: Aws, password_cluster: PasswordCluster, tmp_path: Path
-) -> None:
+async def test_a_refused_login_prints_no_secret(aws: Aws, password_cluster: PasswordCluster, tmp_path: Path) -> None:
     aws.put_secret(
         "productos/db",
         {
@@ -166,9 +160,7 @@ async def test_a_refused_login_prints_no_secret(
     env = environment(PRODUCTOS_SECRET_ID="productos/db", PRODUCTOS_MIGRATE_ON_START="false")
     bodies: list[str] = []
     with Gunicorn(tmp_path, env, workers=1) as server:
-        async with httpx.AsyncClient(
-            base_url=server.base_url, timeout=10, event_hooks=keep(bodies)
-        ) as client:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10, event_hooks=keep(bodies)) as client:
             # The login is refused: unhealthy. (503 is the contract; today a refused login, a plain
             # DBAPIError, is not mapped to "database unavailable": it may be a 500 or a dropped connection.)
             statuses = []

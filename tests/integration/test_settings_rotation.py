@@ -83,9 +83,7 @@ async def rotate_like_the_rotation_function(
     """AWS single-user rotation: createSecret (AWSPENDING), setSecret (database), testSecret, finishSecret."""
     sm = aws.secretsmanager
     value = json.dumps(rds_secret(cluster, database, role, password))
-    await asyncio.to_thread(
-        sm.put_secret_value, SecretId=SECRET_ID, SecretString=value, VersionStages=["AWSPENDING"]
-    )
+    await asyncio.to_thread(sm.put_secret_value, SecretId=SECRET_ID, SecretString=value, VersionStages=["AWSPENDING"])
     await set_password(cluster, role, password)
     await asyncio.sleep(0.7)  # testSecret; requests keep coming, new connections meet the new password
     stages = (await asyncio.to_thread(sm.describe_secret, SecretId=SECRET_ID))["VersionIdsToStages"]
@@ -174,9 +172,7 @@ async def test_rotation_while_requests_flow_fails_no_request(
     app = create_app()
     async with (
         LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://productos"
-        ) as client,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://productos") as client,
         traffic(client) as outcomes,
     ):
         await until(lambda: outcomes["ok"] >= 8)

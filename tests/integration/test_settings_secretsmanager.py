@@ -59,14 +59,10 @@ async def test_rds_secret_yields_database_url_with_the_password_escaped(
     assert resolved.sources["database_url"] == f"secretsmanager:{arn}"
 
 
-async def test_credentials_only_secret_completes_the_url_from_ssm(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_credentials_only_secret_completes_the_url_from_ssm(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     # An RDS-managed master user secret holds username and password only.
     aws.put_secret("rds-master", {"username": "postgres", "password": NASTY})
-    aws.put_parameters(
-        {"/productos-api/database-url": "postgresql://db.internal:5432/productos?sslmode=require"}
-    )
+    aws.put_parameters({"/productos-api/database-url": "postgresql://db.internal:5432/productos?sslmode=require"})
     monkeypatch.setenv("PRODUCTOS_SSM_PATH", "/productos-api/")
     monkeypatch.setenv("PRODUCTOS_SECRET_ID", "rds-master")
 
@@ -83,9 +79,7 @@ async def test_credentials_only_secret_completes_the_url_from_ssm(
     assert resolved.sources["database_url"] == "secretsmanager:rds-master+ssm:/productos-api/database-url"
 
 
-async def test_secret_wins_over_ssm_and_environment_wins_over_both(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_secret_wins_over_ssm_and_environment_wins_over_both(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     aws.put_parameters({"/p/database-url": "postgresql://ssm@db/p"})
     aws.put_parameters({"/p/log-level": "debug", "/p/workers": "3", "/p/app-port": "8001"}, kind="String")
     aws.put_secret("s", {"DATABASE_URL": "postgresql://sm:pw@db/p", "LOG_LEVEL": "error", "APP_PORT": 8002})
@@ -101,9 +95,7 @@ async def test_secret_wins_over_ssm_and_environment_wins_over_both(
     assert (resolved.settings.app_port, resolved.sources["app_port"]) == (8003, "env")
 
 
-async def test_start_up_reads_the_secret_once_and_the_path_once(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_start_up_reads_the_secret_once_and_the_path_once(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     aws.put_parameters({f"/p/unused-{i}": "x" for i in range(15)}, kind="String")
     aws.put_secret("s", {"DATABASE_URL": "postgresql://sm:pw@db/p", "LOG_LEVEL": "error"})
     monkeypatch.setenv("PRODUCTOS_SSM_PATH", "/p")

@@ -15,13 +15,9 @@ PATH = "/productos-api/"
 DB_URL = "postgresql://app:ssm-pass-Q7@db.internal:5432/productos?sslmode=require"
 
 
-async def test_every_parameter_under_the_path_names_its_setting(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_every_parameter_under_the_path_names_its_setting(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     aws.put_parameters({"/productos-api/database-url": DB_URL})
-    aws.put_parameters(
-        {"/productos-api/log-level": "debug", "/productos-api/db/db-pool-size": "4"}, kind="String"
-    )
+    aws.put_parameters({"/productos-api/log-level": "debug", "/productos-api/db/db-pool-size": "4"}, kind="String")
     monkeypatch.setenv("PRODUCTOS_SSM_PATH", PATH)
 
     resolved = await resolve_settings()
@@ -66,9 +62,7 @@ async def test_one_paginated_sequence_reads_every_page(aws: Aws, monkeypatch: py
 
     assert [name for name, _ in calls] == ["GetParametersByPath"] * 3  # 26 parameters, 10 per page
     first = calls[0][1]
-    assert (
-        first["Path"] == "/productos-api" and first["Recursive"] is True and first["WithDecryption"] is True
-    )
+    assert first["Path"] == "/productos-api" and first["Recursive"] is True and first["WithDecryption"] is True
     assert "NextToken" not in first and all("NextToken" in params for _, params in calls[1:])
 
 

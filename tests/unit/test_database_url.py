@@ -115,9 +115,7 @@ def test_bad_urls_raise_configuration_error_without_the_password(raw: str) -> No
     assert cause is None or PASSWORD not in str(cause)
 
 
-@pytest.mark.parametrize(
-    "raw", [f"postgresql://app:{PASSWORD}@h:notaport/db", f"postgresql://app:{PASSWORD}@h:-1x/db"]
-)
+@pytest.mark.parametrize("raw", [f"postgresql://app:{PASSWORD}@h:notaport/db", f"postgresql://app:{PASSWORD}@h:-1x/db"])
 def test_non_numeric_port_raises_configuration_error_without_the_password(raw: str) -> None:
     with pytest.raises(ConfigurationError, match="DATABASE_URL") as raised:
         parse_database_url(raw)

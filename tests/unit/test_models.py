@@ -219,8 +219,6 @@ def test_replacing_patch_writes_every_field() -> None:
 # --- ids -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("value", "valid"), [(0, False), (-1, False), (1, True), (ID_MAX, True), (ID_MAX + 1, False)]
-)
+@pytest.mark.parametrize(("value", "valid"), [(0, False), (-1, False), (1, True), (ID_MAX, True), (ID_MAX + 1, False)])
 def test_is_valid_id(value: int, valid: bool) -> None:
     assert is_valid_id(value) is valid

@@ -120,9 +120,7 @@ async def test_one_label_per_route_template_and_one_measurement_per_request(
     )
     assert span_seconds == pytest.approx(histogram_seconds, abs=1e-6)
     assert len(access_lines) == 1000
-    assert sum(float(line["duration_ms"]) for line in access_lines) / 1e3 == pytest.approx(
-        histogram_seconds, abs=1e-3
-    )
+    assert sum(float(line["duration_ms"]) for line in access_lines) / 1e3 == pytest.approx(histogram_seconds, abs=1e-3)
     assert {line["trace_id"] for line in access_lines} == {format(s.context.trace_id, "032x") for s in spans}
 
 
@@ -164,9 +162,7 @@ async def test_unknown_methods_and_paths_cannot_create_label_values() -> None:
         for n in range(20):
             await client.request(f"BREW{n}", f"/nowhere/{n}")
     samples = [s for m in metrics.registry.collect() if m.name == DURATION for s in m.samples]
-    assert {(s.labels["http_request_method"], s.labels["http_route"]) for s in samples} == {
-        ("_OTHER", "unmatched")
-    }
+    assert {(s.labels["http_request_method"], s.labels["http_route"]) for s in samples} == {("_OTHER", "unmatched")}
 
 
 async def test_without_telemetry_the_middleware_still_logs(access_lines: list[dict[str, Any]]) -> None:
@@ -243,17 +239,13 @@ def test_log_lines_carry_the_current_span_and_x_ray_style_ids() -> None:
 def test_log_level_applies_to_productos_gunicorn_and_uvicorn() -> None:
     config = logging_config("warning")
     assert config["root"]["level"] == "WARNING"
-    assert {config["loggers"][name]["level"] for name in ("gunicorn.error", "uvicorn", "uvicorn.error")} == {
-        "WARNING"
-    }
+    assert {config["loggers"][name]["level"] for name in ("gunicorn.error", "uvicorn", "uvicorn.error")} == {"WARNING"}
 
 
 def test_exporter_is_otlp_when_an_endpoint_is_configured_else_none() -> None:
     assert exporter_kind(Settings()) == "none"
     assert exporter_kind(Settings(otel_exporter_otlp_endpoint="http://collector:4318")) == "otlp"
-    assert (
-        exporter_kind(Settings(otel_exporter_otlp_endpoint="http://c:4318", otel_exporter="none")) == "none"
-    )
+    assert exporter_kind(Settings(otel_exporter_otlp_endpoint="http://c:4318", otel_exporter="none")) == "none"
 
 
 def test_tracing_without_an_exporter_makes_trace_ids_but_records_nothing() -> None:

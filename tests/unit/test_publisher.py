@@ -67,9 +67,7 @@ class FakeSource:
         requests = self.current.requests
         before = [o for o in _observations(requests)]
         queries = [o for o in _observations(self.current.queries)]
-        self.current = Figures(
-            histogram(*before, *latencies), histogram(*queries, *(x / 10 for x in latencies))
-        )
+        self.current = Figures(histogram(*before, *latencies), histogram(*queries, *(x / 10 for x in latencies)))
 
 
 def _observations(h: Cumulative) -> list[float]:

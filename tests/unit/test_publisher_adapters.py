@@ -73,9 +73,7 @@ async def test_emf_keeps_apart_figures_that_differ_between_dimension_sets() -> N
 
 
 def test_emf_writes_large_distributions_as_100_values_at_even_ranks() -> None:
-    datum = MetricDatum(
-        "RequestLatency", "Milliseconds", NOW, values=(1.0, 10.0, 100.0), counts=(900, 90, 10)
-    )
+    datum = MetricDatum("RequestLatency", "Milliseconds", NOW, values=(1.0, 10.0, 100.0), counts=(900, 90, 10))
     values = emf_values(datum)
     assert isinstance(values, list) and len(values) == 100
     assert values.count(1.0) == 90 and values.count(10.0) == 9 and values.count(100.0) == 1  # p99 is 100 ms
@@ -88,9 +86,7 @@ def test_emf_writes_large_distributions_as_100_values_at_even_ranks() -> None:
 @pytest.fixture
 def publisher() -> CloudWatchPublisher:
     # A real botocore client for its serializer; nothing here sends a request.
-    client = boto3.client(
-        "cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
+    client = boto3.client("cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     return CloudWatchPublisher(client, "Productos")
 
 
@@ -130,9 +126,7 @@ def test_batches_stop_before_1_mb(publisher: CloudWatchPublisher) -> None:
 
     from botocore.serialize import create_serializer
 
-    client = boto3.client(
-        "cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
+    client = boto3.client("cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     serializer = create_serializer("query")
     model = client.meta.service_model.operation_model("PutMetricData")
     for batch in batches:

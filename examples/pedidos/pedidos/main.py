@@ -14,9 +14,7 @@ MIGRATIONS = Migrations("pedidos:migrations", version_table="pedidos_alembic_ver
 
 
 def _state(runtime: Runtime) -> dict[str, Any]:
-    unit_of_work = partial(
-        PedidosUnitOfWork, runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout
-    )
+    unit_of_work = partial(PedidosUnitOfWork, runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout)
     return {"pedidos": PedidoService(unit_of_work)}
 
 

@@ -21,9 +21,7 @@ router = APIRouter(tags=["productos"])
 
 # Ids beyond the column's range cannot exist: they get 404 (the service checks), never a driver overflow.
 ProductoId = Annotated[int, Path(description="Product id")]
-IfMatch = Annotated[
-    str | None, Header(description='Expected version, as the ETag returned: "3". Stale → 412.')
-]
+IfMatch = Annotated[str | None, Header(description='Expected version, as the ETag returned: "3". Stale → 412.')]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Not found"},
     412: {"description": "If-Match does not match the current version"},
@@ -99,16 +97,12 @@ async def patch_producto(
     producto_id: ProductoId, body: ProductoPatchIn, service: ProductServiceDep, if_match: IfMatch = None
 ) -> Response:
     """Change only the fields given."""
-    updated = await service.update(
-        producto_id, body.to_domain(), expected_version=_expected_version(if_match)
-    )
+    updated = await service.update(producto_id, body.to_domain(), expected_version=_expected_version(if_match))
     return _one(updated)
 
 
 @both_slashes(router.delete, "/productos/{producto_id}", status_code=204, responses=_ERRORS)
-async def delete_producto(
-    producto_id: ProductoId, service: ProductServiceDep, if_match: IfMatch = None
-) -> Response:
+async def delete_producto(producto_id: ProductoId, service: ProductServiceDep, if_match: IfMatch = None) -> Response:
     """Delete a product."""
     await service.delete(producto_id, expected_version=_expected_version(if_match))
     return Response(status_code=204)

@@ -180,9 +180,7 @@ def _error_of(response: dict[str, Any]) -> tuple[str, str]:
     return code, message[:300]
 
 
-def describe_aws_failure(
-    exc: BaseException, *, what: str, setting: str, permission: str
-) -> ConfigurationError:
+def describe_aws_failure(exc: BaseException, *, what: str, setting: str, permission: str) -> ConfigurationError:
     """Turn a botocore error into a ``ConfigurationError`` that says what failed and how to fix it.
 
     Args:

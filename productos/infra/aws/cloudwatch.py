@@ -47,9 +47,7 @@ def to_api(datum: MetricDatum) -> dict[str, Any]:
         }
     elif datum.values:
         if len(datum.values) > MAX_VALUES_PER_DATUM:
-            raise ValueError(
-                f"{datum.name}: {len(datum.values)} values, the API takes {MAX_VALUES_PER_DATUM}"
-            )
+            raise ValueError(f"{datum.name}: {len(datum.values)} values, the API takes {MAX_VALUES_PER_DATUM}")
         item["Values"] = list(datum.values)
         if datum.counts:
             item["Counts"] = list(datum.counts)
@@ -96,8 +94,7 @@ class CloudWatchPublisher:
         for datum in data:
             item = to_api(datum)
             if batch and (
-                len(batch) >= MAX_DATUMS_PER_CALL
-                or size + self._sizer.size(item, len(batch) + 1) > MAX_BYTES_PER_CALL
+                len(batch) >= MAX_DATUMS_PER_CALL or size + self._sizer.size(item, len(batch) + 1) > MAX_BYTES_PER_CALL
             ):
                 yield batch
                 batch, size = [], self._sizer.overhead

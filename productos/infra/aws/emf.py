@@ -84,9 +84,7 @@ class EmfPublisher:
     def documents(self, data: Sequence[MetricDatum]) -> list[dict[str, Any]]:
         """The EMF documents for ``data``, in order of first appearance."""
         # (timestamp, dimensions) -> metric name -> (unit, resolution, values)
-        groups: dict[tuple[datetime, tuple[tuple[str, str], ...]], dict[str, tuple[str, int, Any]]] = (
-            defaultdict(dict)
-        )
+        groups: dict[tuple[datetime, tuple[tuple[str, str], ...]], dict[str, tuple[str, int, Any]]] = defaultdict(dict)
         for datum in data:
             groups[(datum.timestamp, datum.dimensions)][datum.name] = (
                 datum.unit,
@@ -94,9 +92,7 @@ class EmfPublisher:
                 emf_values(datum),
             )
         # Dimension sets with the very same figures at the same time share one document.
-        merged: dict[tuple[datetime, str], list[tuple[tuple[tuple[str, str], ...], dict[str, Any]]]] = (
-            defaultdict(list)
-        )
+        merged: dict[tuple[datetime, str], list[tuple[tuple[tuple[str, str], ...], dict[str, Any]]]] = defaultdict(list)
         for (timestamp, dimensions), metrics in groups.items():
             key = (timestamp, json.dumps(metrics, sort_keys=True))
             merged[key].append((dimensions, metrics))
@@ -125,9 +121,7 @@ class EmfPublisher:
                         {
                             "Namespace": self._namespace,
                             "Dimensions": [[name for name, _ in dims] for dims in layout],
-                            "Metrics": [
-                                _definition(name, metrics[name][0], metrics[name][1]) for name in chunk
-                            ],
+                            "Metrics": [_definition(name, metrics[name][0], metrics[name][1]) for name in chunk],
                         }
                     ],
                 }

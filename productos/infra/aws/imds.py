@@ -109,9 +109,7 @@ class InstanceMetadata:
                 "the instance metadata has no aws:autoscaling:groupName tag: enable instance metadata tags "
                 "in the launch template (InstanceMetadataTags=enabled), or set PRODUCTOS_ASG_NAME"
             )
-        return InstanceIdentity(
-            instance_id=instance_id or None, asg_name=asg_name or None, region=region or None
-        )
+        return InstanceIdentity(instance_id=instance_id or None, asg_name=asg_name or None, region=region or None)
 
     async def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str]:
         error: BaseException | None = None

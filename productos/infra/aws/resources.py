@@ -72,9 +72,7 @@ class Deployment:
         if self.api_id and self.api_name:
             raise ValueError("give the HTTP API's id or the REST API's name, not both")
         if self.load_balancer and not self.load_balancer.startswith(("app/", "net/")):
-            raise ValueError(
-                f"the load balancer must be an ARN suffix app/<name>/<id>, not {self.load_balancer!r}"
-            )
+            raise ValueError(f"the load balancer must be an ARN suffix app/<name>/<id>, not {self.load_balancer!r}")
         if self.target_group and not self.target_group.startswith("targetgroup/"):
             raise ValueError(
                 f"the target group must be an ARN suffix targetgroup/<name>/<id>, not {self.target_group!r}"
@@ -188,16 +186,12 @@ def alarms(deployment: Deployment) -> list[dict[str, Any]]:
                 "Metrics": [
                     {
                         "Id": "target",
-                        "MetricStat": _metric_stat(
-                            "AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", lb, "Sum", 300
-                        ),
+                        "MetricStat": _metric_stat("AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", lb, "Sum", 300),
                         "ReturnData": False,
                     },
                     {
                         "Id": "elb",
-                        "MetricStat": _metric_stat(
-                            "AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", lb, "Sum", 300
-                        ),
+                        "MetricStat": _metric_stat("AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", lb, "Sum", 300),
                         "ReturnData": False,
                     },
                     {
@@ -239,9 +233,7 @@ def alarms(deployment: Deployment) -> list[dict[str, Any]]:
                 "AlarmDescription": "Unhealthy targets > 0 for 2 minutes (the ASG's unhealthy instances)",
                 "Namespace": "AWS/ApplicationELB",
                 "MetricName": "UnHealthyHostCount",
-                "Dimensions": _dimensions(
-                    TargetGroup=deployment.target_group, LoadBalancer=deployment.load_balancer
-                ),
+                "Dimensions": _dimensions(TargetGroup=deployment.target_group, LoadBalancer=deployment.load_balancer),
                 "Statistic": "Maximum",
                 "Period": 60,
                 "EvaluationPeriods": 2,
@@ -394,9 +386,7 @@ def dashboard(deployment: Deployment) -> dict[str, Any]:
             (
                 "RDS",
                 [
-                    _widget(
-                        "RDS: connections", [["AWS/RDS", "DatabaseConnections", *db]], region, stat="Maximum"
-                    ),
+                    _widget("RDS: connections", [["AWS/RDS", "DatabaseConnections", *db]], region, stat="Maximum"),
                     _widget("RDS: CPU (%)", [["AWS/RDS", "CPUUtilization", *db]], region, stat="Average"),
                     _widget(
                         "RDS: free storage (bytes)",

@@ -210,9 +210,7 @@ class SecretsManagerSource:
     def settings_from(self, secret: Mapping[str, Any]) -> dict[str, SettingValue]:
         """The settings a secret holds, by environment name."""
         label = self.label
-        values = {
-            key.upper(): SettingValue(value, label) for key, value in secret.items() if key not in _RDS_KEYS
-        }
+        values = {key.upper(): SettingValue(value, label) for key, value in secret.items() if key not in _RDS_KEYS}
         if "password" in secret and "DATABASE_URL" not in values:
             values["DATABASE_URL"] = SettingValue(self._rds_url(secret), label)
         return values

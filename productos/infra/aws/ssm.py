@@ -25,9 +25,7 @@ def normalize_path(path: str) -> str:
     """``/productos-api/`` → ``/productos-api`` (the form GetParametersByPath takes); ``/`` stays."""
     path = path.strip()
     if not path.startswith("/"):
-        raise ConfigurationError(
-            f"PRODUCTOS_SSM_PATH must start with '/' (for example /productos-api/); got {path!r}"
-        )
+        raise ConfigurationError(f"PRODUCTOS_SSM_PATH must start with '/' (for example /productos-api/); got {path!r}")
     return path.rstrip("/") or "/"
 
 

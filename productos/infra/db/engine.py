@@ -39,9 +39,7 @@ TRANSACTIONAL_ISOLATION = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZAB
 _ASYNCPG_STATEMENT_CACHE = 512
 
 
-def create_engine(
-    settings: Settings, *, credentials: DatabaseCredentialsProvider | None = None
-) -> AsyncEngine:
+def create_engine(settings: Settings, *, credentials: DatabaseCredentialsProvider | None = None) -> AsyncEngine:
     """Create the engine. Connects lazily: nothing here needs the database to be up.
 
     Args:

@@ -30,9 +30,7 @@ def run_migrations(target_metadata: MetaData | None = None) -> None:
 
     connection = context.config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError(
-            "run migrations with `productos migrate` (productos.infra.db.migrate.upgrade_to_head)"
-        )
+        raise RuntimeError("run migrations with `productos migrate` (productos.infra.db.migrate.upgrade_to_head)")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -43,9 +41,7 @@ def run_migrations(target_metadata: MetaData | None = None) -> None:
         context.run_migrations()
 
 
-def alembic_config(
-    script_location: str = PRODUCTOS_SCRIPT_LOCATION, version_table: str = "alembic_version"
-) -> Config:
+def alembic_config(script_location: str = PRODUCTOS_SCRIPT_LOCATION, version_table: str = "alembic_version") -> Config:
     """An Alembic config that needs no alembic.ini: works after a non-editable ``pip install``."""
     config = Config()
     config.set_main_option("script_location", script_location)

@@ -43,7 +43,7 @@ def install_idle_pre_ping(engine: AsyncEngine, idle_seconds: float) -> None:
         try:
             alive = dialect.do_ping(dbapi_connection)
         except Exception as exc:
-            if dialect.is_disconnect(exc, dbapi_connection, None) or isinstance(exc, OSError | TimeoutError):
+            if dialect.is_disconnect(exc, dbapi_connection, None) or isinstance(exc, OSError | TimeoutError):  # type: ignore[arg-type]
                 raise DisconnectionError("pooled connection failed its ping") from exc
             raise
         if alive is False:

@@ -33,7 +33,7 @@ _COLUMNS = (
 )
 
 
-def _to_producto(row: Row[Any]) -> Producto:
+def _to_producto(row: Row[Any] | Any) -> Producto:
     return Producto(
         id=row.id,
         nombre=row.nombre,
@@ -100,9 +100,7 @@ class SqlAlchemyProductRepository:
         async with translate_db_errors():
             row = (await self._conn.execute(statement)).first()
             if row is None and expected_version is not None and await self._exists(producto_id):
-                raise StaleVersionError(
-                    f"Producto {producto_id} was modified: version is not {expected_version}"
-                )
+                raise StaleVersionError(f"Producto {producto_id} was modified: version is not {expected_version}")
         return None if row is None else _to_producto(row)
 
     async def delete(self, producto_id: int, *, expected_version: int | None = None) -> bool:
@@ -112,9 +110,7 @@ class SqlAlchemyProductRepository:
         async with translate_db_errors():
             deleted = (await self._conn.execute(statement)).first() is not None
             if not deleted and expected_version is not None and await self._exists(producto_id):
-                raise StaleVersionError(
-                    f"Producto {producto_id} was modified: version is not {expected_version}"
-                )
+                raise StaleVersionError(f"Producto {producto_id} was modified: version is not {expected_version}")
         return deleted
 
     async def _exists(self, producto_id: int) -> bool:

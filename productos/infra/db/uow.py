@@ -64,9 +64,7 @@ class SqlAlchemyUnitOfWorkBase:
     autocommit: one round trip per statement. Leaving without ``commit()`` rolls back.
     """
 
-    def __init__(
-        self, engine: AsyncEngine, *, read_only: bool = False, acquire_timeout: float | None = None
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, acquire_timeout: float | None = None) -> None:
         self._engine = engine
         self._read_only = read_only
         self._acquire_timeout = acquire_timeout
@@ -124,8 +122,7 @@ class SqlAlchemyHealthProbe:
 
     async def ping(self, timeout: float) -> None:
         try:
-            async with translate_db_errors(), asyncio.timeout(timeout):
-                async with self._engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
+            async with translate_db_errors(), asyncio.timeout(timeout), self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
         except TimeoutError as exc:
             raise DatabaseUnavailableError(_UNAVAILABLE) from exc
