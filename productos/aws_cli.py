@@ -37,7 +37,9 @@ def register(commands: Any) -> None:
     aws = commands.add_parser("aws", help="scaling policies, alarms and dashboard for CloudWatch / Auto Scaling")
     kinds = aws.add_subparsers(dest="aws_command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, help_text in COMMANDS.items():
-        command = kinds.add_parser(name, help=help_text, description=help_text)
+        # argparse expands %-formats in help strings: "80 %" must be escaped.
+        escaped = help_text.replace("%", "%%")
+        command = kinds.add_parser(name, help=escaped, description=escaped)
         _options(command)
         command.set_defaults(handler=_handle)
 
