@@ -169,6 +169,8 @@ async def test_rotation_while_requests_flow_fails_no_request(
 ) -> None:
     database, role = rds
     monkeypatch.setenv("PRODUCTOS_SECRET_TTL", ttl)
+    # The pool keeps its connections; recycling them every second makes new logins happen while requests flow.
+    monkeypatch.setenv("DB_POOL_RECYCLE", "1")
     app = create_app()
     async with (
         LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager,
