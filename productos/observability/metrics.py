@@ -9,13 +9,21 @@ Under gunicorn, prometheus-client runs in multiprocess mode: each worker writes 
 ``PROMETHEUS_MULTIPROC_DIR`` (created fresh by ``productos.gunicorn_conf``), and ``/metrics`` on any worker
 merges the files of all of them. Gauges use ``livesum``: a gauge is the sum over the live workers only, so a
 worker that dies leaves nothing behind once ``mark_process_dead`` has run for it.
+
+Batching (``batch=True``, what each gunicorn worker uses): a request adds to plain counters in the worker
+(a dozen additions), and ``flush()`` writes the sums to the shared files once a second (``FLUSH_INTERVAL``),
+on every ``/metrics`` the worker answers, and on shutdown. Writing each observation to the files instead
+costs about 10% of a fast request's CPU. ``/metrics`` is then at most a second behind for the other workers
+(gauges and counts alike); a worker killed with SIGKILL loses at most its last second of counts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
+from bisect import bisect_left
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +48,11 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 
 IDLE = "idle"
 USED = "used"
+
+#: Seconds between two writes of a batching worker's sums to the shared files.
+FLUSH_INTERVAL = 1.0
+_HTTP_BOUNDS = (*HTTP_DURATION_BUCKETS, float("inf"))
+_DB_BOUNDS = (*DB_DURATION_BUCKETS, float("inf"))
 
 
 def multiprocess_dir() -> str | None:
@@ -104,6 +117,7 @@ class PoolInstruments:
     """The instruments of one connection pool (``db.client.connection.*``), bound to its pool name."""
 
     def __init__(self, metrics: Metrics, pool_name: str) -> None:
+        self._metrics = metrics
         self._otel = metrics._otel
         labels = (pool_name,)
         self._count = {state: metrics._connection_count.labels(pool_name, state) for state in (IDLE, USED)}
@@ -117,7 +131,7 @@ class PoolInstruments:
 
     def connections(self, state: str, delta: int) -> None:
         """``delta`` connections entered (1) or left (-1) ``state``."""
-        self._count[state].inc(delta)
+        self._metrics._add(self._count[state], delta)
         if self._otel is not None:
             self._otel["db.client.connection.count"].add(delta, self._state_attrs[state])
 
@@ -127,17 +141,17 @@ class PoolInstruments:
             self._otel["db.client.connection.max"].add(maximum, self._attrs)
 
     def pending(self, delta: int) -> None:
-        self._pending.inc(delta)
+        self._metrics._add(self._pending, delta)
         if self._otel is not None:
             self._otel["db.client.connection.pending_requests"].add(delta, self._attrs)
 
     def waited(self, seconds: float) -> None:
-        self._wait.observe(seconds)
+        self._metrics._observe(self._wait, _DB_BOUNDS, seconds)
         if self._otel is not None:
             self._otel["db.client.connection.wait_time"].record(seconds, self._attrs)
 
     def timed_out(self) -> None:
-        self._timeouts.inc()
+        self._metrics._add(self._timeouts, 1)
         if self._otel is not None:
             self._otel["db.client.connection.timeouts"].add(1, self._attrs)
 
@@ -147,9 +161,14 @@ class Metrics:
 
     Args:
         meter: an OpenTelemetry meter to record to as well; ``None`` records to Prometheus only.
+        batch: add up in the process and write to Prometheus on ``flush()`` (see the module's docstring);
+            otherwise every observation is written as it is made.
     """
 
-    def __init__(self, meter: Meter | None = None) -> None:
+    def __init__(self, meter: Meter | None = None, *, batch: bool = False) -> None:
+        self.batch = batch
+        self._deltas: dict[Any, float] = {}
+        self._sums: dict[Any, list[float]] = {}
         _use_multiprocess_values_if_configured()
         self.multiprocess_dir = multiprocess_dir()
         # A registry of our own: two apps in one process (tests) never collide in the global one.
@@ -218,7 +237,7 @@ class Metrics:
     # HTTP --------------------------------------------------------------------------------------------------
 
     def request_started(self) -> None:
-        self._http_active.inc()
+        self._add(self._http_active, 1)
         if self._otel is not None:
             self._otel["http.server.active_requests"].add(1)
 
@@ -230,8 +249,8 @@ class Metrics:
             child = self._http_duration.labels(method, route, str(status))
             attrs = {"http.request.method": method, "http.route": route, "http.response.status_code": status}
             entry = self._http_children[key] = (child, attrs)
-        entry[0].observe(seconds)
-        self._http_active.dec()
+        self._observe(entry[0], _HTTP_BOUNDS, seconds)
+        self._add(self._http_active, -1)
         if self._otel is not None:
             self._otel["http.server.request.duration"].record(seconds, entry[1])
             self._otel["http.server.active_requests"].add(-1)
@@ -246,12 +265,54 @@ class Metrics:
             child = self._db_duration.labels(system, operation)
             attrs = {"db.system.name": system, "db.operation.name": operation}
             entry = self._db_children[key] = (child, attrs)
-        entry[0].observe(seconds)
+        self._observe(entry[0], _DB_BOUNDS, seconds)
         if self._otel is not None:
             self._otel["db.client.operation.duration"].record(seconds, entry[1])
 
     def pool(self, pool_name: str) -> PoolInstruments:
         return PoolInstruments(self, pool_name)
+
+    # Batching ----------------------------------------------------------------------------------------------
+
+    def _add(self, value: Any, delta: float) -> None:
+        if self.batch:
+            self._deltas[value] = self._deltas.get(value, 0.0) + delta
+        else:
+            value.inc(delta)
+
+    def _observe(self, histogram: Any, bounds: tuple[float, ...], amount: float) -> None:
+        if not self.batch:
+            histogram.observe(amount)
+            return
+        sums = self._sums.get(histogram)
+        if sums is None:
+            sums = self._sums[histogram] = [0.0] * (len(bounds) + 1)
+        sums[0] += amount
+        sums[1 + bisect_left(bounds, amount)] += 1  # the first bucket whose bound is >= amount, as observe()
+
+    def flush(self) -> None:
+        """Write what was added up since the last flush (batching only). Call it on the event loop."""
+        deltas, self._deltas = self._deltas, {}
+        for value, delta in deltas.items():
+            if delta:
+                value.inc(delta)
+        for histogram, sums in self._sums.items():
+            if any(sums[1:]):
+                # A histogram's sum and buckets, as observe() would have written them, one write each.
+                histogram._sum.inc(sums[0])
+                for index, count in enumerate(sums[1:]):
+                    if count:
+                        histogram._buckets[index].inc(count)
+                sums[:] = [0.0] * len(sums)
+
+    async def flush_periodically(self, interval: float = FLUSH_INTERVAL) -> None:
+        """Flush every ``interval`` seconds until cancelled (then once more)."""
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                self.flush()
+        finally:
+            self.flush()
 
     # Exposition --------------------------------------------------------------------------------------------
 

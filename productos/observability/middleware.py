@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace import Status, StatusCode, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from productos.observability.logging import request_id_var
@@ -94,9 +94,7 @@ class RequestContextMiddleware:
         context_token = None
         if tracing is not None:
             parent = tracing.extract(carrier) if carrier else None
-            span = tracing.tracer.start_span(
-                method, context=parent, kind=SpanKind.SERVER, attributes={"http.request.method": method}
-            )
+            span = tracing.start_request_span(method, parent, method)
             context_token = otel_context.attach(set_span_in_context(span, parent))
         if metrics is not None:
             metrics.request_started()

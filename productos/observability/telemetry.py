@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from productos.observability.logging import set_xray_trace_ids
-from productos.observability.metrics import Metrics
+from productos.observability.metrics import Metrics, multiprocess_dir
 from productos.observability.proxies import TrustedProxies
 from productos.observability.tracing import Tracing, create_tracing
 
@@ -120,7 +121,8 @@ def build_telemetry(settings: Settings) -> Telemetry:
         if exporter != "none" and resource is not None:
             telemetry.meter_provider = _meter_provider(resource, exporter, endpoint)
             meter = telemetry.meter_provider.get_meter("productos")
-        telemetry.metrics = Metrics(meter)
+        # Under gunicorn (multiprocess files), add up in the worker and write once a second.
+        telemetry.metrics = Metrics(meter, batch=multiprocess_dir() is not None)
     if settings.tracing_enabled:
         if resource is None:
             from opentelemetry.sdk.resources import Resource
@@ -134,8 +136,15 @@ def build_telemetry(settings: Settings) -> Telemetry:
 async def open_telemetry(settings: Settings) -> AsyncIterator[Telemetry]:
     """The worker's telemetry for the app's life; on exit, pending spans and metrics are exported."""
     telemetry = build_telemetry(settings)
+    flusher = None
+    if telemetry.metrics is not None and telemetry.metrics.batch:
+        flusher = asyncio.create_task(telemetry.metrics.flush_periodically(), name="productos-metrics-flush")
     try:
         yield telemetry
     finally:
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher  # its last flush
         # Exporting may wait on the network: not on the event loop.
         await asyncio.to_thread(telemetry.shutdown)

@@ -278,3 +278,38 @@ async def test_x_ray_ids_and_the_albs_trace_header(access_lines: list[dict[str, 
     assert continued["trace_id"] == "5759e988bd862e3fe1be46a994272793"
     assert continued["xray_trace_id"] == "1-5759e988-bd862e3fe1be46a994272793"
     assert continued["request_id"] == header  # no X-Request-ID: the ALB's trace header is the request id
+
+
+def test_batched_metrics_write_what_immediate_ones_do() -> None:
+    """A worker adds up and flushes once a second: the figures are those of writing every observation."""
+    immediate, batched = Metrics(), Metrics(batch=True)
+    for metrics in (immediate, batched):
+        pool = metrics.pool("p")
+        for n in range(300):
+            metrics.request_started()
+            pool.pending(1)
+            pool.waited(n / 1000)
+            pool.pending(-1)
+            pool.connections("used", 1)
+            metrics.operation("postgresql", "SELECT" if n % 3 else "INSERT", n / 10_000)
+            pool.connections("used", -1)
+            pool.connections("idle", 1)
+            metrics.request_finished("GET", ROUTE, 200 if n % 4 else 404, n / 100)
+        metrics.request_started()  # one still in flight
+        pool.timed_out()
+        pool.capacity(30)
+
+    def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in metrics.registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert samples(batched) != samples(immediate)  # nothing written yet but the capacity
+    batched.flush()
+    assert samples(batched) == pytest.approx(samples(immediate))
+    assert batched.registry.get_sample_value("http_server_active_requests") == 1
+    batched.flush()  # nothing new: nothing changes
+    assert samples(batched) == pytest.approx(samples(immediate))

@@ -17,6 +17,7 @@ async def metrics(request: Request) -> Response:
     telemetry: Telemetry | None = getattr(request.state, Telemetry.STATE_KEY, None)
     if telemetry is None or telemetry.metrics is None:
         return Response('{"detail":"Not Found"}', status_code=404, media_type="application/json")
+    telemetry.metrics.flush()  # this worker's latest, batched figures
     # Merging the workers' files reads the disk: off the event loop.
     body, content_type = await asyncio.to_thread(telemetry.metrics.render, request.headers.get("accept"))
     return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
