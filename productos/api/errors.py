@@ -67,7 +67,8 @@ async def _conflict(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable: %s", type(exc.__cause__ or exc).__name__)
+    reason = getattr(exc, "reason", "") or type(exc.__cause__ or exc).__name__
+    logger.warning("database unavailable: %s", reason, extra={"reason": reason})
     return _json(503, "database unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 

@@ -26,8 +26,13 @@ class DomainValidationError(ProductosError, ValueError):
 class DatabaseUnavailableError(ProductosError):
     """The database cannot be reached, timed out, or the pool is exhausted.
 
-    The message is safe to show to clients: it never names hosts, URLs or credentials.
+    The message is safe to show to clients: it never names hosts, URLs or credentials. ``reason`` says what
+    happened for the logs (an exception type and SQLSTATE), with no connection details either.
     """
+
+    def __init__(self, message: str = "database unavailable", *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConfigurationError(ProductosError, ValueError):

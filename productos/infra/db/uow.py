@@ -53,7 +53,9 @@ async def translate_db_errors() -> AsyncIterator[None]:
         raise ConflictError("the change conflicts with stored data") from exc
     except (DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
         if _is_connectivity_error(exc):
-            raise DatabaseUnavailableError(_UNAVAILABLE) from exc
+            state = _sqlstate(exc) if isinstance(exc, DBAPIError) else ""
+            reason = f"{type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__} {state}".strip()
+            raise DatabaseUnavailableError(_UNAVAILABLE, reason=reason) from exc
         raise
 
 
