@@ -14,7 +14,6 @@ measurement, the medians, and the ratios on/off of req/s and p99.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -26,17 +25,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
-ADMIN_URL = os.environ.get("DATABASE_URL_TEST", "postgresql://postgres@127.0.0.1:5432/test")
+from bench.seed import scratch_database
+
 ROWS = 1_000
 MODES: dict[str, dict[str, str]] = {
     "on": {"PRODUCTOS_METRICS_ENABLED": "true", "PRODUCTOS_TRACING_ENABLED": "true"},
@@ -152,53 +150,6 @@ def free_port() -> int:
         return port
 
 
-def _url_for(database: str) -> str:
-    base, _, _ = ADMIN_URL.rpartition("/")
-    return f"{base}/{database}"
-
-
-async def _admin(statement: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL, timeout=5)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-async def _seed(url: str) -> None:
-    conn = await asyncpg.connect(url, timeout=5)
-    try:
-        await conn.execute(
-            "INSERT INTO productos (nombre, descripcion, precio, stock, version, created_at, updated_at) "
-            "SELECT 'Producto ' || n, 'Semilla', 10 + n % 90, n % 50, 1, now(), now() "
-            "FROM generate_series(1, $1) AS n",
-            ROWS,
-        )
-    finally:
-        await conn.close()
-
-
-@contextmanager
-def scratch_database(workdir: Path) -> Iterator[str]:
-    """A migrated database of ROWS products, dropped on exit."""
-    name = f"productos_obs_bench_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    url = _url_for(name)
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "productos.cli", "migrate"],
-            cwd=workdir,
-            env={**os.environ, "DATABASE_URL": url},
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        asyncio.run(_seed(url))
-        yield url
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 @contextmanager
 def gunicorn(workdir: Path, mode: str, env: Mapping[str, str]) -> Iterator[tuple[str, int]]:
     """productos under gunicorn (tuned config, 2 workers); its JSON logs go to a file, as on a host."""
@@ -275,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="productos-obs-bench-")))
         script = workdir / "get.lua"
         script.write_text(WRK_SCRIPT)
-        url = stack.enter_context(scratch_database(workdir))
+        url = stack.enter_context(scratch_database(workdir, ROWS, label="obs_bench"))
         modes = {**MODES, **({"bare": BARE} if args.bare else {})}
         servers = {
             mode: stack.enter_context(gunicorn(workdir, mode, {"DATABASE_URL": url, **env}))
