@@ -160,7 +160,7 @@ def variant(base: Contender, spec: str) -> Contender:
     """A contender derived from ``base`` by ``NAME:ENV=VALUE,...``; ``APP=module:attr`` swaps the app.
 
     ``pool30:DB_POOL_SIZE=30,DB_MAX_OVERFLOW=0`` runs productos with other settings;
-    ``asyncdeps:APP=bench.contenders.productos_variants:async_deps`` runs another app object.
+    ``core:APP=bench.contenders.productos_variants:sqlalchemy_core`` runs another app object.
     """
     name, _, pairs = spec.partition(":")
     env, app = dict(base.env), base.app

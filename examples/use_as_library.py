@@ -14,7 +14,8 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from productos import NewProducto, ProductoPatch, Settings, create_app
-from productos.infra.db import SqlAlchemyUnitOfWorkFactory, create_engine, upgrade_to_head
+from productos.bootstrap import product_unit_of_work_factory
+from productos.infra.db import create_engine, upgrade_to_head
 from productos.services import ProductService
 
 
@@ -23,7 +24,8 @@ async def use_the_service_layer(database_url: str) -> None:
     engine = create_engine(Settings(database_url=database_url))
     try:
         await upgrade_to_head(engine)
-        service = ProductService(SqlAlchemyUnitOfWorkFactory(engine))
+        # SQL on the asyncpg connection for PostgreSQL, SQLAlchemy Core for SQLite: whichever suits the engine.
+        service = ProductService(product_unit_of_work_factory(engine))
         lamp = await service.create(NewProducto(nombre="Lámpara", precio=Decimal("24.90"), stock=5))
         lamp = await service.update(lamp.id, ProductoPatch({"stock": 4}), expected_version=lamp.version)
         page = await service.list(limit=10)

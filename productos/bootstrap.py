@@ -21,6 +21,8 @@ from productos.domain.settings_ports import DatabaseCredentialsProvider, Setting
 from productos.infra.aws.clients import AwsClients
 from productos.infra.aws.rds_iam import RdsIamTokenProvider
 from productos.infra.aws.secretsmanager import SecretDatabaseCredentials, SecretsManagerSource, supplies_login
+from productos.infra.db.asyncpg_repository import AsyncpgUnitOfWorkFactory
+from productos.infra.db.driver import supports_driver_statements
 from productos.infra.db.engine import create_engine
 from productos.infra.db.migrate import PRODUCTOS_SCRIPT_LOCATION, upgrade_to_head
 from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
@@ -111,9 +113,22 @@ async def open_runtime(
         )
 
 
+def product_unit_of_work_factory(engine: AsyncEngine, *, acquire_timeout: float | None = None) -> UnitOfWorkFactory:
+    """The products repository for ``engine``: SQL on the pooled asyncpg connection for PostgreSQL, SQLAlchemy
+    Core elsewhere (the embedded SQLite default).
+
+    Args:
+        engine: the process' engine.
+        acquire_timeout: bound, in seconds, on getting a usable connection (pool wait, pre-ping, login).
+    """
+    if supports_driver_statements(engine):
+        return AsyncpgUnitOfWorkFactory(engine, acquire_timeout=acquire_timeout)
+    return SqlAlchemyUnitOfWorkFactory(engine, acquire_timeout=acquire_timeout)
+
+
 def product_container(runtime: Runtime) -> Container:
     """The products service's objects on ``runtime``."""
-    uow_factory = SqlAlchemyUnitOfWorkFactory(runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout)
+    uow_factory = product_unit_of_work_factory(runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout)
     return Container(
         settings=runtime.settings,
         engine=runtime.engine,

@@ -1,30 +1,33 @@
-"""productos with one change made from outside, for experiments (``--variant``); no productos code edited.
+"""productos with one change made from outside, for before/after measurements (``--variant``); no productos code
+edited.
 
-- ``async_deps``: the request dependencies (``get_container``, ``get_product_service``) turned into ``async``
-  functions doing the same thing. FastAPI runs a plain ``def`` dependency in the thread pool (a thread hop
-  per request); an ``async def`` one runs inline on the event loop. The functions' code objects are swapped
-  in place, because FastAPI builds its routes' dependency trees from them when productos is imported (and
-  again, lazily, for included routers); ``dependency_overrides`` would not do for a measurement: with
-  overrides set, FastAPI rebuilds each overridden dependant on every request.
+- ``sqlalchemy_core``: the products repository on SQLAlchemy Core on PostgreSQL too, with a transaction (BEGIN,
+  statement, COMMIT) around every write, as productos was before its requests ran their SQL on the pooled
+  asyncpg connection and its single-statement writes in autocommit. Run it beside productos:
+  ``python -m bench.run --contenders ac --variant core:APP=bench.contenders.productos_variants:sqlalchemy_core``.
 """
 
 from __future__ import annotations
 
-from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from productos.api import deps
-from productos.main import app as async_deps
-
-
-async def _container(request: Request) -> object:
-    return request.state.container
+from productos import bootstrap
+from productos.infra.db.repository import SqlAlchemyUnitOfWork, SqlAlchemyUnitOfWorkFactory
+from productos.main import app as sqlalchemy_core
 
 
-async def _product_service(request: Request) -> object:
-    return request.state.container.productos
+class _TransactionalCoreFactory(SqlAlchemyUnitOfWorkFactory):
+    """SQLAlchemy Core units of work that ignore ``autocommit``: every write is a transaction."""
+
+    def __call__(self, *, read_only: bool = False, autocommit: bool = False) -> SqlAlchemyUnitOfWork:
+        return super().__call__(read_only=read_only)
 
 
-deps.get_container.__code__ = _container.__code__
-deps.get_product_service.__code__ = _product_service.__code__
+def _core_factory(engine: AsyncEngine, *, acquire_timeout: float | None = None) -> _TransactionalCoreFactory:
+    return _TransactionalCoreFactory(engine, acquire_timeout=acquire_timeout)
 
-__all__ = ["async_deps"]
+
+# product_container() looks the factory up when each worker's lifespan starts.
+bootstrap.product_unit_of_work_factory = _core_factory  # type: ignore[assignment]
+
+__all__ = ["sqlalchemy_core"]

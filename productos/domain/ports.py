@@ -60,9 +60,15 @@ class UnitOfWork(Protocol):
 
 
 class UnitOfWorkFactory(Protocol):
-    """Makes units of work. ``read_only=True`` lets the adapter skip transaction overhead."""
+    """Makes units of work.
 
-    def __call__(self, *, read_only: bool = False) -> UnitOfWork: ...
+    ``read_only=True``: the unit only reads; the adapter may skip the transaction. ``autocommit=True``: the
+    unit runs one write statement (each repository write is atomic on its own), so the adapter may run it
+    without a transaction, and save a BEGIN and a COMMIT round trip; it is committed as it runs.
+    ``commit()`` is still called, and does nothing more.
+    """
+
+    def __call__(self, *, read_only: bool = False, autocommit: bool = False) -> UnitOfWork: ...
 
 
 class HealthProbe(Protocol):

@@ -93,9 +93,10 @@ class InMemoryUnitOfWork:
 
     productos: InMemoryProductRepository
 
-    def __init__(self, store: InMemoryStore, *, read_only: bool = False) -> None:
+    def __init__(self, store: InMemoryStore, *, read_only: bool = False, autocommit: bool = False) -> None:
         self._store = store
         self._read_only = read_only
+        self._autocommit = autocommit
         self.committed = False
 
     async def __aenter__(self) -> Self:
@@ -110,6 +111,8 @@ class InMemoryUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._autocommit:
+            await self.commit()  # its statements committed as they ran
         self.productos.staged.clear()
         if not self._read_only:
             self._store.lock.release()
@@ -133,5 +136,5 @@ class InMemoryUnitOfWorkFactory:
     def __init__(self, store: InMemoryStore | None = None) -> None:
         self.store = store or InMemoryStore()
 
-    def __call__(self, *, read_only: bool = False) -> InMemoryUnitOfWork:
-        return InMemoryUnitOfWork(self.store, read_only=read_only)
+    def __call__(self, *, read_only: bool = False, autocommit: bool = False) -> InMemoryUnitOfWork:
+        return InMemoryUnitOfWork(self.store, read_only=read_only, autocommit=autocommit)

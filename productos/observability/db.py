@@ -29,6 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool, QueuePool, StaticPool
 
+from productos.infra.db.driver import add_statement_listener
 from productos.observability.metrics import IDLE, USED, Metrics, PoolInstruments
 from productos.observability.tracing import Tracing
 
@@ -84,9 +85,9 @@ class _StatementTimer:
         try:
             self.dialect.do_execute(cursor, statement, parameters, context)
         except BaseException as exc:
-            self._record(statement, time.perf_counter_ns() - started, exc)
+            self.record(statement, time.perf_counter_ns() - started, exc)
             raise
-        self._record(statement, time.perf_counter_ns() - started, None)
+        self.record(statement, time.perf_counter_ns() - started, None)
         return True  # executed: SQLAlchemy does not execute it again
 
     def execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
@@ -94,9 +95,9 @@ class _StatementTimer:
         try:
             self.dialect.do_execute_no_params(cursor, statement, context)
         except BaseException as exc:
-            self._record(statement, time.perf_counter_ns() - started, exc)
+            self.record(statement, time.perf_counter_ns() - started, exc)
             raise
-        self._record(statement, time.perf_counter_ns() - started, None)
+        self.record(statement, time.perf_counter_ns() - started, None)
         return True
 
     def executemany(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
@@ -104,12 +105,14 @@ class _StatementTimer:
         try:
             self.dialect.do_executemany(cursor, statement, parameters, context)
         except BaseException as exc:
-            self._record(statement, time.perf_counter_ns() - started, exc)
+            self.record(statement, time.perf_counter_ns() - started, exc)
             raise
-        self._record(statement, time.perf_counter_ns() - started, None)
+        self.record(statement, time.perf_counter_ns() - started, None)
         return True
 
-    def _record(self, statement: str, elapsed_ns: int, error: BaseException | None) -> None:
+    def record(self, statement: str, elapsed_ns: int, error: BaseException | None) -> None:
+        """One statement's duration and outcome, as a metric and a span; also called for the statements run on
+        the driver connection (``productos.infra.db.driver``), which no SQLAlchemy event sees."""
         operation = operation_name(statement, self.operations)
         if self.metrics is not None:
             self.metrics.operation(self.system, operation, elapsed_ns / 1e9)
@@ -227,6 +230,7 @@ def instrument_engine(
     event.listen(sync_engine, "do_execute", timer.execute)
     event.listen(sync_engine, "do_execute_no_params", timer.execute_no_params)
     event.listen(sync_engine, "do_executemany", timer.executemany)
+    add_statement_listener(sync_engine, timer.record)
     if metrics is None:
         return
     pool = sync_engine.pool

@@ -9,9 +9,9 @@ line are written right after, so the client never waits for them.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -31,12 +31,16 @@ _TRACE_HEADERS = frozenset(name.encode("latin-1") for name in TRACE_HEADERS)
 
 
 def _request_id(request_id: str | None, amzn: str | None) -> str:
-    """X-Request-ID if the client sent a sane one, else the ALB's X-Amzn-Trace-Id, else a new UUID."""
+    """X-Request-ID if the client sent a sane one, else the ALB's X-Amzn-Trace-Id, else 128 random bits in hex.
+
+    The bits come from ``random``, not ``uuid4``'s ``os.urandom`` (a system call, 13 µs of a 450 µs request):
+    an id must be unique, not unpredictable, and ``random`` reseeds itself in each forked worker.
+    """
     if request_id and _SAFE_ID.match(request_id):
         return request_id
     if amzn and _SAFE_ID.match(amzn):
         return amzn
-    return uuid.uuid4().hex
+    return f"{random.getrandbits(128):032x}"
 
 
 def route_template(scope: Scope) -> str:

@@ -11,7 +11,11 @@ __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "Page", "ProductService"]
 
 
 class ProductService:
-    """Create, read, update and delete products; every write is one unit of work."""
+    """Create, read, update and delete products; every write is one unit of work.
+
+    Each write is a single atomic statement (the repository's contract), so its unit of work runs in
+    ``autocommit``: one round trip, not BEGIN, the statement and COMMIT.
+    """
 
     def __init__(self, uow_factory: UnitOfWorkFactory) -> None:
         self._uow = uow_factory
@@ -32,7 +36,7 @@ class ProductService:
         return page_of(rows, limit)
 
     async def create(self, producto: NewProducto) -> Producto:
-        async with self._uow() as uow:
+        async with self._uow(autocommit=True) as uow:
             created = await uow.productos.add(producto)
             await uow.commit()
         return created
@@ -40,7 +44,7 @@ class ProductService:
     async def update(self, producto_id: int, patch: ProductoPatch, *, expected_version: int | None = None) -> Producto:
         if not is_valid_id(producto_id):
             raise NotFoundError(f"Producto {producto_id} no encontrado")
-        async with self._uow() as uow:
+        async with self._uow(autocommit=True) as uow:
             updated = await uow.productos.update(producto_id, patch, expected_version=expected_version)
             if updated is None:
                 raise NotFoundError(f"Producto {producto_id} no encontrado")
@@ -50,7 +54,7 @@ class ProductService:
     async def delete(self, producto_id: int, *, expected_version: int | None = None) -> None:
         if not is_valid_id(producto_id):
             raise NotFoundError(f"Producto {producto_id} no encontrado")
-        async with self._uow() as uow:
+        async with self._uow(autocommit=True) as uow:
             deleted = await uow.productos.delete(producto_id, expected_version=expected_version)
             if not deleted:
                 raise NotFoundError(f"Producto {producto_id} no encontrado")

@@ -173,7 +173,7 @@ def test_variants_derive_from_productos() -> None:
     pool = variant(base, "pool30:DB_POOL_SIZE=30,DB_MAX_OVERFLOW=0")
     assert (pool.key, pool.app, pool.gunicorn_args) == ("pool30", base.app, base.gunicorn_args)
     assert pool.env == {**base.env, "DB_POOL_SIZE": "30", "DB_MAX_OVERFLOW": "0"}
-    other = variant(base, "deps:APP=bench.contenders.productos_variants:async_deps,LOG_LEVEL=warning")
-    assert other.app == "bench.contenders.productos_variants:async_deps" and other.env["LOG_LEVEL"] == "warning"
+    other = variant(base, "core:APP=bench.contenders.productos_variants:sqlalchemy_core,LOG_LEVEL=warning")
+    assert other.app == "bench.contenders.productos_variants:sqlalchemy_core" and other.env["LOG_LEVEL"] == "warning"
     with pytest.raises(ValueError):
         variant(base, "bad:NOEQUALS")

@@ -1,4 +1,5 @@
-"""One fixture, three backends: every contract test runs against the fake, SQLite and PostgreSQL."""
+"""One fixture, four backends: every contract test runs against the fake, SQLite, and PostgreSQL through both
+repositories (SQLAlchemy Core, and SQL on the asyncpg connection that the products service uses there)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.domain.ports import UnitOfWorkFactory
+from productos.infra.db.asyncpg_repository import AsyncpgUnitOfWorkFactory
 from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
 from productos.infra.memory import InMemoryUnitOfWorkFactory
 
@@ -13,6 +15,7 @@ BACKENDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    pytest.param("postgres-core", id="postgres-core", marks=pytest.mark.postgres),
 ]
 
 
@@ -31,4 +34,6 @@ def uow_factory(backend: str, request: pytest.FixtureRequest) -> UnitOfWorkFacto
     else:
         request.getfixturevalue("clean_postgres")
         engine = request.getfixturevalue("postgres_engine")
+    if backend == "postgres":
+        return AsyncpgUnitOfWorkFactory(engine)
     return SqlAlchemyUnitOfWorkFactory(engine)

@@ -20,6 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from productos.domain.models import NewProducto, ProductoPatch
+from productos.infra.db.asyncpg_repository import AsyncpgUnitOfWorkFactory
 from productos.infra.db.engine import create_engine
 from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
 from productos.observability.db import instrument_engine
@@ -152,7 +153,14 @@ def operations(metrics: Metrics) -> dict[str, float]:
     return counts
 
 
-async def test_queries_are_timed_by_operation_and_traced_under_the_request(clean_postgres: str) -> None:
+@pytest.mark.parametrize(
+    "factory",
+    [SqlAlchemyUnitOfWorkFactory, AsyncpgUnitOfWorkFactory],
+    ids=["sqlalchemy-core", "asyncpg-driver"],
+)
+async def test_queries_are_timed_by_operation_and_traced_under_the_request(
+    clean_postgres: str, factory: type[SqlAlchemyUnitOfWorkFactory | AsyncpgUnitOfWorkFactory]
+) -> None:
     engine = create_engine(make_settings(clean_postgres))
     metrics = Metrics()
     exporter = InMemorySpanExporter()
@@ -162,7 +170,7 @@ async def test_queries_are_timed_by_operation_and_traced_under_the_request(clean
     async with engine.connect():
         pass  # the dialect's own first queries (version, schema...) are timed too: keep them out of the counts
     instrument_engine(engine, metrics=metrics, tracing=tracing)
-    service = ProductService(SqlAlchemyUnitOfWorkFactory(engine))
+    service = ProductService(factory(engine))
     try:
         with tracing.tracer.start_as_current_span("GET /productos/{producto_id}") as request_span:
             created = await service.create(NewProducto(nombre="Teclado", precio=Decimal("9.99")))

@@ -10,6 +10,7 @@ import pytest
 
 from productos.domain.errors import DatabaseUnavailableError
 from productos.domain.models import NewProducto
+from productos.infra.db.asyncpg_repository import AsyncpgUnitOfWorkFactory
 from productos.infra.db.engine import create_engine
 from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
 from tests.conftest import make_settings
@@ -32,7 +33,18 @@ async def _terminate_our_backends(postgres_url: str) -> int:
         await conn.close()
 
 
-async def _factory(postgres_url: str, idle: float) -> tuple[list[str], SqlAlchemyUnitOfWorkFactory]:
+Factory = SqlAlchemyUnitOfWorkFactory | AsyncpgUnitOfWorkFactory
+
+
+@pytest.fixture(
+    params=[SqlAlchemyUnitOfWorkFactory, AsyncpgUnitOfWorkFactory], ids=["sqlalchemy-core", "asyncpg-driver"]
+)
+def factory_class(request: pytest.FixtureRequest) -> type[Factory]:
+    cls: type[Factory] = request.param
+    return cls
+
+
+async def _factory(postgres_url: str, idle: float, factory_class: type[Factory]) -> tuple[list[str], Factory]:
     engine = create_engine(make_settings(postgres_url, db_pool_pre_ping_idle=idle, service_name=APPLICATION))
     pings: list[str] = []
 
@@ -43,11 +55,11 @@ async def _factory(postgres_url: str, idle: float) -> tuple[list[str], SqlAlchem
         return bool(original_ping(dbapi_connection))
 
     engine.sync_engine.dialect.do_ping = counting_ping  # type: ignore[method-assign]
-    return pings, SqlAlchemyUnitOfWorkFactory(engine)
+    return pings, factory_class(engine)
 
 
-async def test_busy_connections_are_not_pinged_idle_ones_are(clean_postgres: str) -> None:
-    pings, factory = await _factory(clean_postgres, idle=0.5)
+async def test_busy_connections_are_not_pinged_idle_ones_are(clean_postgres: str, factory_class: type[Factory]) -> None:
+    pings, factory = await _factory(clean_postgres, idle=0.5, factory_class=factory_class)
     try:
         async with factory() as uow:
             created = await uow.productos.add(NewProducto(nombre="p", precio=Decimal("1.00")))
@@ -64,8 +76,10 @@ async def test_busy_connections_are_not_pinged_idle_ones_are(clean_postgres: str
         await factory.engine.dispose()
 
 
-async def test_a_stale_idle_connection_is_replaced_without_an_error(clean_postgres: str) -> None:
-    _, factory = await _factory(clean_postgres, idle=0.2)
+async def test_a_stale_idle_connection_is_replaced_without_an_error(
+    clean_postgres: str, factory_class: type[Factory]
+) -> None:
+    _, factory = await _factory(clean_postgres, idle=0.2, factory_class=factory_class)
     try:
         async with factory(read_only=True) as uow:
             await uow.productos.list(limit=1)
@@ -77,17 +91,24 @@ async def test_a_stale_idle_connection_is_replaced_without_an_error(clean_postgr
         await factory.engine.dispose()
 
 
-async def test_a_connection_killed_while_busy_fails_once_then_the_pool_recovers(clean_postgres: str) -> None:
-    _, factory = await _factory(clean_postgres, idle=3600)
-    try:
-        for _ in range(3):
-            async with factory(read_only=True) as uow:
-                await uow.productos.list(limit=1)
-        await _terminate_our_backends(clean_postgres)
-        with pytest.raises(DatabaseUnavailableError):
-            async with factory(read_only=True) as uow:
-                await uow.productos.list(limit=1)
+async def test_connections_killed_while_busy_fail_once_then_the_pool_recovers(
+    clean_postgres: str, factory_class: type[Factory]
+) -> None:
+    _, factory = await _factory(clean_postgres, idle=3600, factory_class=factory_class)
+
+    async def read() -> None:
         async with factory(read_only=True) as uow:
-            assert await uow.productos.list(limit=1) == []
+            await uow.productos.list(limit=1)
+            await asyncio.sleep(0.05)  # hold the connection, so that five readers use five connections
+
+    try:
+        await asyncio.gather(*(read() for _ in range(5)))
+        assert factory.engine.sync_engine.pool.checkedin() == 5  # type: ignore[attr-defined]
+        assert await _terminate_our_backends(clean_postgres) == 5  # a failover while the pool is busy
+        await asyncio.sleep(0.1)
+        with pytest.raises(DatabaseUnavailableError):
+            await read()
+        # The failure invalidated the pool's older connections too: none of the other four fails.
+        await asyncio.gather(*(read() for _ in range(5)))
     finally:
         await factory.engine.dispose()

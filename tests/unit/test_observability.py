@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from productos.observability import middleware
 from productos.observability.db import operation_name
 from productos.observability.logging import JsonFormatter, logging_config, set_xray_trace_ids
 from productos.observability.metrics import Metrics
@@ -313,3 +315,23 @@ def test_batched_metrics_write_what_immediate_ones_do() -> None:
     assert batched.registry.get_sample_value("http_server_active_requests") == 1
     batched.flush()  # nothing new: nothing changes
     assert samples(batched) == pytest.approx(samples(immediate))
+
+
+def _child_request_ids(queue: Any) -> None:
+    queue.put([middleware._request_id(None, None) for _ in range(3)])
+
+
+def test_new_request_ids_are_128_bit_hex_and_differ_between_forked_workers() -> None:
+    ids = [middleware._request_id(None, None) for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(value) == 32 and int(value, 16) >= 0 for value in ids)
+    fork = multiprocessing.get_context("fork")  # as gunicorn makes its workers
+    queue = fork.Queue()
+    children = [fork.Process(target=_child_request_ids, args=(queue,)) for _ in range(2)]
+    for child in children:
+        child.start()
+    first, second = queue.get(timeout=10), queue.get(timeout=10)
+    for child in children:
+        child.join(timeout=10)
+    assert not set(first) & set(second)
+    assert not set(first) & set(ids)

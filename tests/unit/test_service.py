@@ -19,9 +19,9 @@ class CountingFactory(InMemoryUnitOfWorkFactory):
         super().__init__()
         self.opened = 0
 
-    def __call__(self, *, read_only: bool = False):  # type: ignore[no-untyped-def]
+    def __call__(self, *, read_only: bool = False, autocommit: bool = False):  # type: ignore[no-untyped-def]
         self.opened += 1
-        return super().__call__(read_only=read_only)
+        return super().__call__(read_only=read_only, autocommit=autocommit)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from productos.infra.db import SqlAlchemyUnitOfWorkBase, translate_db_errors
 _COLUMNS = (t.c.id, t.c.producto_id, t.c.cantidad, t.c.estado, t.c.created_at, t.c.updated_at)
 
 
-def _to_pedido(row: Row[Any]) -> Pedido:
+def _to_pedido(row: Row[Any] | Any) -> Pedido:
     return Pedido(
         id=row.id,
         producto_id=row.producto_id,

@@ -134,5 +134,7 @@ class SqlAlchemyUnitOfWorkFactory:
         self.engine = engine
         self.acquire_timeout = acquire_timeout
 
-    def __call__(self, *, read_only: bool = False) -> SqlAlchemyUnitOfWork:
-        return SqlAlchemyUnitOfWork(self.engine, read_only=read_only, acquire_timeout=self.acquire_timeout)
+    def __call__(self, *, read_only: bool = False, autocommit: bool = False) -> SqlAlchemyUnitOfWork:
+        return SqlAlchemyUnitOfWork(
+            self.engine, read_only=read_only, autocommit=autocommit, acquire_timeout=self.acquire_timeout
+        )

@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Self
+from typing import Generic, Self, TypeVar
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -19,6 +20,8 @@ from productos.infra.db.engine import TRANSACTIONAL_ISOLATION
 
 _UNAVAILABLE = "database unavailable"
 
+ConnectionT = TypeVar("ConnectionT")
+
 
 #: SQLSTATE classes that mean "the database cannot serve you now", not "your statement is wrong":
 #: 08 connection exception, 28 invalid authorization (a refused login, e.g. mid-rotation), 53 insufficient
@@ -26,22 +29,46 @@ _UNAVAILABLE = "database unavailable"
 _UNAVAILABLE_SQLSTATES = ("08", "28", "53", "57P", "58")
 
 
-def _sqlstate(exc: DBAPIError) -> str:
-    seen: BaseException | None = exc.orig
-    while seen is not None:
-        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
-        if isinstance(state, str):
-            return state
+#: The driver's own errors, which say what happened (its SQLSTATE, a refused socket).
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's exception behind SQLAlchemy's wrappers: ``DBAPIError.orig``, or the cause that the dialect's
+    PEP 249 adapters chain (a pool checkout raises those as they are, unwrapped)."""
+    seen: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    while not isinstance(seen, _DRIVER_ERRORS) and seen.__cause__ is not None:
         seen = seen.__cause__
-    return ""
+    return seen
 
 
-def _is_connectivity_error(exc: BaseException) -> bool:
-    if isinstance(exc, PoolTimeoutError | OperationalError | InterfaceError | OSError | TimeoutError):
+def _sqlstate(exc: BaseException) -> str:
+    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return state if isinstance(state, str) else ""
+
+
+def _is_connectivity_error(exc: BaseException, driver: BaseException) -> bool:
+    if isinstance(exc, PoolTimeoutError | OperationalError | InterfaceError):
         return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    return exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(driver, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    if isinstance(driver, asyncpg.PostgresConnectionError | asyncpg.QueryCanceledError):
+        return True
+    return _sqlstate(driver).startswith(_UNAVAILABLE_SQLSTATES)
+
+
+def domain_error(exc: Exception) -> Exception | None:
+    """The domain error a driver or pool error means, with a message safe for clients; ``None`` when it is
+    none of them (a bug: let it propagate as it is)."""
+    driver = _driver_error(exc)
+    if isinstance(exc, IntegrityError) or isinstance(driver, asyncpg.IntegrityConstraintViolationError):
+        return ConflictError("the change conflicts with stored data")
+    if not _is_connectivity_error(exc, driver):
+        return None
+    reason = f"{type(driver).__name__} {_sqlstate(driver)}".strip()
+    return DatabaseUnavailableError(_UNAVAILABLE, reason=reason)
 
 
 @asynccontextmanager
@@ -49,39 +76,48 @@ async def translate_db_errors() -> AsyncIterator[None]:
     """Map driver and pool errors onto domain errors, chained, with messages safe for clients."""
     try:
         yield
-    except IntegrityError as exc:
-        raise ConflictError("the change conflicts with stored data") from exc
-    except (DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
-        if _is_connectivity_error(exc):
-            state = _sqlstate(exc) if isinstance(exc, DBAPIError) else ""
-            reason = f"{type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__} {state}".strip()
-            raise DatabaseUnavailableError(_UNAVAILABLE, reason=reason) from exc
-        raise
+    except Exception as exc:
+        translated = domain_error(exc)
+        if translated is None:
+            raise
+        raise translated from exc
 
 
-class SqlAlchemyUnitOfWorkBase:
-    """One connection (and, for writes, one transaction) from the engine's pool.
+class UnitOfWorkBase(Generic[ConnectionT]):
+    """What every unit of work on an engine holds: its options, and the connection its repositories use."""
 
-    Subclasses bind their repositories to the connection in ``_bind``. Read-only units run in the pool's
-    autocommit: one round trip per statement. Leaving without ``commit()`` rolls back.
-    """
-
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, acquire_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        read_only: bool = False,
+        autocommit: bool = False,
+        acquire_timeout: float | None = None,
+    ) -> None:
         self._engine = engine
-        self._read_only = read_only
+        self._transactional = not (read_only or autocommit)
         self._acquire_timeout = acquire_timeout
-        self._conn: AsyncConnection | None = None
+        self._conn: ConnectionT | None = None
 
-    def _bind(self, connection: AsyncConnection) -> None:
+    def _bind(self, connection: ConnectionT) -> None:
         """Create this unit's repositories on ``connection``."""
         raise NotImplementedError
+
+
+class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):
+    """One connection (and, for writes, one transaction) from the engine's pool.
+
+    Subclasses bind their repositories to the connection in ``_bind``. Read-only and ``autocommit`` units (a
+    single write statement, atomic by itself) run in the pool's autocommit: one round trip per statement.
+    Leaving without ``commit()`` rolls back.
+    """
 
     async def __aenter__(self) -> Self:
         # One deadline over the pool wait, the pre-ping and a new connection's login: when the database hangs,
         # a request fails with 503 after ``acquire_timeout`` instead of after each of those timeouts in turn.
         async with translate_db_errors(), asyncio.timeout(self._acquire_timeout):
             conn = await self._engine.connect()
-        if not self._read_only:
+        if self._transactional:
             # Pooled connections are in autocommit (see engine.POOL_ISOLATION); writes get a real transaction.
             # Setting the level costs no round trip; the pool restores autocommit when the connection returns.
             conn = await conn.execution_options(isolation_level=TRANSACTIONAL_ISOLATION[conn.dialect.name])

@@ -1,0 +1,220 @@
+"""Statements straight on the pooled asyncpg connection: the hot path of PostgreSQL services.
+
+SQLAlchemy keeps the pool (its size, timeout, recycling, idle pre-ping, the logins of rotating secrets and IAM
+tokens, the pool metrics), the migrations and the embedded SQLite default. What a request runs, though, goes
+to asyncpg directly, as SQL text that asyncpg prepares once per connection: SQLAlchemy Core's execution
+(statement cache key, the greenlet bridge, result processing) cost about 250 µs of CPU per query here, more
+than the rest of a request's database work together (``bench/README.md``).
+
+- ``DriverConnection``: one connection checked out of the engine's pool. Each statement is timed for the
+  engine's statement listeners (the same ``db.client.operation.duration`` and spans SQLAlchemy's dialect
+  events feed), and its errors become domain errors as ``translate_db_errors`` makes them.
+- A connection that fails in a way that leaves it unusable is invalidated on release, as SQLAlchemy does
+  with its own: a lost server (connection errors, shutdown) invalidates every older pooled connection too, so
+  after a failover the next checkouts reconnect instead of each failing once.
+- ``DriverUnitOfWorkBase``: the unit of work on it, for any service's repositories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
+
+from productos.infra.db.uow import UnitOfWorkBase, domain_error
+
+__all__ = [
+    "DriverConnection",
+    "DriverUnitOfWorkBase",
+    "StatementListener",
+    "add_statement_listener",
+    "supports_driver_statements",
+]
+
+#: Called after every statement: its SQL, its duration in nanoseconds, and the error it raised (or ``None``).
+StatementListener = Callable[[str, int, BaseException | None], None]
+
+_listeners: weakref.WeakKeyDictionary[Any, tuple[StatementListener, ...]] = weakref.WeakKeyDictionary()
+
+#: SQLSTATEs after which the server is gone: admin_shutdown, crash_shutdown, cannot_connect_now.
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
+
+
+def add_statement_listener(engine: AsyncEngine | Engine, listener: StatementListener) -> None:
+    """Have ``listener`` told of every statement that ``DriverConnection``s of ``engine`` run."""
+    key = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    _listeners[key] = (*_listeners.get(key, ()), listener)
+
+
+def supports_driver_statements(engine: AsyncEngine) -> bool:
+    """Whether ``engine``'s connections are asyncpg connections (PostgreSQL through asyncpg)."""
+    return engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg"
+
+
+def _server_gone(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _SERVER_GONE
+
+
+def _connection_usable(exc: BaseException) -> bool:
+    """Whether the connection is in a known state after ``exc``: a statement the server refused leaves it
+    so; a timeout or a cancellation in mid-statement does not (its reply may still be on the way)."""
+    return isinstance(exc, asyncpg.PostgresError) and not _server_gone(exc)
+
+
+class DriverConnection:
+    """One asyncpg connection checked out of an engine's pool; release it with ``release()``.
+
+    ``fetch``, ``fetchrow``, ``fetchval`` and ``execute`` take asyncpg's SQL (``$1`` parameters) and raise
+    domain errors: ``ConflictError`` for an integrity violation, ``DatabaseUnavailableError`` when the
+    database cannot serve. Other errors (a bug in the SQL) propagate as asyncpg raised them.
+    """
+
+    __slots__ = ("_failure", "_listeners", "_pooled", "driver")
+
+    def __init__(self, pooled: PoolProxiedConnection, listeners: Sequence[StatementListener]) -> None:
+        self._pooled = pooled
+        self._listeners = tuple(listeners)
+        self._failure: BaseException | None = None
+        #: The asyncpg connection, for what these methods do not cover (``copy_records_to_table``...);
+        #: statements run on it directly are neither timed nor translated.
+        self.driver: asyncpg.Connection = pooled.driver_connection
+
+    @classmethod
+    async def checkout(cls, engine: AsyncEngine, *, timeout: float | None = None) -> DriverConnection:
+        """A connection from ``engine``'s pool, within ``timeout`` seconds (pool wait, pre-ping and login)."""
+        try:
+            async with asyncio.timeout(timeout):
+                pooled = await engine.raw_connection()
+        except Exception as exc:
+            translated = domain_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+        return cls(pooled, _listeners.get(engine.sync_engine, ()))
+
+    async def fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
+        result: list[asyncpg.Record] = await self._run(self.driver.fetch, statement, args)
+        return result
+
+    async def fetchrow(self, statement: str, *args: Any) -> asyncpg.Record | None:
+        result: asyncpg.Record | None = await self._run(self.driver.fetchrow, statement, args)
+        return result
+
+    async def fetchval(self, statement: str, *args: Any) -> Any:
+        return await self._run(self.driver.fetchval, statement, args)
+
+    async def execute(self, statement: str, *args: Any) -> str:
+        """Run ``statement``; its status (``"UPDATE 1"``)."""
+        result: str = await self._run(self.driver.execute, statement, args)
+        return result
+
+    @property
+    def failed(self) -> bool:
+        """Whether a failure left this connection unusable: it will be invalidated, not reused."""
+        return self._failure is not None
+
+    def in_transaction(self) -> bool:
+        return bool(self.driver.is_in_transaction())
+
+    async def release(self) -> None:
+        """Return the connection to the pool; invalidate it first when a failure left it unusable (or left
+        it inside a transaction)."""
+        pooled, failure = self._pooled, self._failure
+        if failure is None and not self.in_transaction():
+            # The pool's reset on return only rolls back what SQLAlchemy itself began: nothing to await.
+            pooled.close()
+            return
+        await greenlet_spawn(_invalidate, pooled, failure)
+
+    async def _run(self, method: Callable[..., Awaitable[Any]], statement: str, args: tuple[Any, ...]) -> Any:
+        started = time.perf_counter_ns()
+        try:
+            result = await method(statement, *args)
+        except BaseException as exc:
+            elapsed = time.perf_counter_ns() - started
+            if not _connection_usable(exc):
+                self._failure = exc
+            for listener in self._listeners:
+                listener(statement, elapsed, exc)
+            translated = domain_error(exc) if isinstance(exc, Exception) else None
+            if translated is None:
+                raise
+            raise translated from exc
+        elapsed = time.perf_counter_ns() - started
+        for listener in self._listeners:
+            listener(statement, elapsed, None)
+        return result
+
+
+def _invalidate(pooled: PoolProxiedConnection, failure: BaseException | None) -> None:
+    """In SQLAlchemy's greenlet: closing a connection awaits."""
+    if failure is not None and _server_gone(failure):
+        # What SQLAlchemy does on a disconnect: connections opened before now are replaced on their next
+        # checkout, as they very likely died with this one.
+        pooled._pool._invalidate(pooled, failure)
+    elif pooled.is_valid:
+        pooled.invalidate(failure)
+    pooled.close()
+
+
+class DriverUnitOfWorkBase(UnitOfWorkBase[DriverConnection]):
+    """One ``DriverConnection`` and, for writes, one transaction (READ COMMITTED).
+
+    Subclasses bind their repositories to the connection in ``_bind``. Read-only units, and ``autocommit``
+    ones (a unit that runs a single write statement, atomic by itself), run each statement on its own: one
+    round trip, where a transaction adds a BEGIN and a COMMIT. Leaving without ``commit()`` rolls back.
+    """
+
+    async def __aenter__(self) -> Self:
+        conn = await DriverConnection.checkout(self._engine, timeout=self._acquire_timeout)
+        if self._transactional:
+            try:
+                await conn.execute(_BEGIN)
+            except BaseException:
+                await conn.release()
+                raise
+        self._conn = conn
+        self._bind(conn)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            # A connection that failed is invalidated by release(); the server rolls back when it goes.
+            if not conn.failed and conn.in_transaction():
+                await conn.execute("ROLLBACK")
+        finally:
+            await conn.release()
+
+    async def commit(self) -> None:
+        assert self._conn is not None, "commit() outside 'async with'"
+        if not self._conn.in_transaction():
+            return
+        # PostgreSQL answers COMMIT in a transaction that a failed statement aborted with ROLLBACK, no error.
+        if await self._conn.execute("COMMIT") != "COMMIT":
+            raise RuntimeError("nothing was committed: a statement of this unit of work failed earlier")
+
+    async def rollback(self) -> None:
+        assert self._conn is not None, "rollback() outside 'async with'"
+        if self._conn.in_transaction():
+            await self._conn.execute("ROLLBACK")
