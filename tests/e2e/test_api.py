@@ -247,6 +247,12 @@ async def test_link_keeps_the_limit_and_the_after_cursor(client: httpx.AsyncClie
     assert [p["id"] for p in response.json()] == [ids[2]]
 
 
+async def test_link_replaces_the_cursor_and_keeps_every_other_parameter(client: httpx.AsyncClient) -> None:
+    ids = [(await create(client, nombre=f"p{i}"))["id"] for i in range(3)]
+    response = await client.get("/productos?tag=a%20b&after=0&limit=1&tag=%26")
+    assert response.headers["link"] == f'</productos?tag=a+b&tag=%26&after={ids[0]}&limit=1>; rel="next"'
+
+
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "after=-1", "after=x", f"after={2**63}"])
 async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, query: str) -> None:
     response = await client.get(f"/productos?{query}")
