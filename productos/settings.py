@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     max_body_size: int = Field(1024 * 1024, **_env("PRODUCTOS_MAX_BODY_SIZE"), ge=1)
     keepalive: int = Field(75, **_env("PRODUCTOS_KEEPALIVE"), ge=1)
     graceful_timeout: int = Field(30, **_env("PRODUCTOS_GRACEFUL_TIMEOUT"), ge=1)
+    #: Under the tuned gunicorn configuration: move what each worker built while importing the app out of the
+    #: garbage collector's reach (``gc.freeze``), so that full collections stop scanning it.
+    gc_freeze: bool = Field(True, **_env("PRODUCTOS_GC_FREEZE"))
     migrate_on_start: bool | None = Field(None, **_env("PRODUCTOS_MIGRATE_ON_START"))
 
     # Remote sources, read at start-up (these come from explicit arguments, the environment or .env only)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sys
 import time
@@ -134,6 +135,23 @@ def test_keepalive_setting_reaches_the_uvicorn_worker(workdir: Path, database_ur
             assert sock.recv(1) == b"", "the server should close the idle connection"
             waited = time.monotonic() - idle_from
         assert 2.5 <= waited <= 5, waited
+
+
+@pytest.mark.parametrize("freeze", ["true", "false"])
+def test_each_worker_freezes_its_startup_objects_unless_told_not_to(
+    workdir: Path, database_url: str, freeze: str
+) -> None:
+    with Gunicorn(workdir, {"DATABASE_URL": database_url, "PRODUCTOS_GC_FREEZE": freeze}) as server:
+        assert httpx.get(f"{server.base_url}/productos", timeout=10).status_code == 200
+        lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    frozen = [line for line in lines if line["message"].startswith("froze ")]
+    if freeze == "false":
+        assert frozen == []
+        return
+    assert len({line["pid"] for line in frozen}) == 2  # each worker, once
+    for line in frozen:
+        count = int(line["message"].split()[1])
+        assert count > 100_000, line  # FastAPI, SQLAlchemy, pydantic... all frozen, not a handful
 
 
 def test_default_keepalive_outlasts_the_alb_idle_timeout() -> None:
