@@ -121,7 +121,7 @@ class RequestContextMiddleware:
                     span.set_status(Status(StatusCode.ERROR))
                 # The span keeps its wall-clock start; its length is the one measurement above.
                 span.end(end_time=span.start_time + elapsed_ns)
-            if access_logger.isEnabledFor(logging.INFO):
+            if telemetry.access_log and access_logger.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 access_logger.info(
                     "%s %s %d",

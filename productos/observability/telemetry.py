@@ -33,11 +33,13 @@ class Telemetry:
         metrics: Prometheus (and OpenTelemetry) instruments; ``None`` when metrics are off.
         tracing: the tracer and propagator; ``None`` when tracing is off.
         trusted_proxies: whose X-Forwarded-For names the client in the access log.
+        access_log: whether to write the access line (at info level, as ``productos.access``).
     """
 
     metrics: Metrics | None = None
     tracing: Tracing | None = None
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    access_log: bool = True
     meter_provider: MeterProvider | None = None
 
     #: Key of the telemetry in the lifespan state (``request.state.telemetry``).
@@ -113,7 +115,7 @@ def build_telemetry(settings: Settings) -> Telemetry:
     set_xray_trace_ids(settings.xray)
     exporter = exporter_kind(settings)
     endpoint = settings.otel_exporter_otlp_endpoint
-    telemetry = Telemetry(trusted_proxies=TrustedProxies(settings.trusted_proxies))
+    telemetry = Telemetry(trusted_proxies=TrustedProxies(settings.trusted_proxies), access_log=settings.access_log)
     needs_resource = exporter != "none" and (settings.metrics_enabled or settings.tracing_enabled)
     resource = _resource(settings) if needs_resource else None
     if settings.metrics_enabled:

@@ -126,6 +126,21 @@ async def test_one_label_per_route_template_and_one_measurement_per_request(
     assert {line["trace_id"] for line in access_lines} == {format(s.context.trace_id, "032x") for s in spans}
 
 
+async def test_the_access_line_can_be_turned_off_alone(access_lines: list[dict[str, Any]]) -> None:
+    metrics = Metrics()
+    async with app_with(Telemetry(metrics=metrics, access_log=False)) as client:
+        response = await client.get("/items/7")
+    assert response.status_code == 200 and response.headers["x-request-id"]
+    assert access_lines == []
+    counted = metrics.registry.get_sample_value(
+        "http_server_request_duration_seconds_count",
+        {"http_request_method": "GET", "http_route": ROUTE, "http_response_status_code": "200"},
+    )
+    assert counted == 1  # the request is still measured
+    assert not build_telemetry(Settings(access_log=False)).access_log
+    assert build_telemetry(Settings()).access_log
+
+
 async def test_access_line_carries_request_and_trace_ids(access_lines: list[dict[str, Any]]) -> None:
     tracing, exporter = in_memory_tracing()
     incoming_trace = "4bf92f3577b34a4a8e6d2b5a8b2e9a41"
