@@ -10,7 +10,9 @@ from productos.domain.metrics_ports import DEFAULT_NAMESPACE, MetricDatum, Publi
 
 class RecordingPublisher:
     """Records every ``publish`` call; ``fail(n)`` makes the next ``n`` calls fail (accepting ``sent`` datums
-    each first), ``block()`` makes calls hang until ``unblock()`` (an unreachable endpoint).
+    each first), ``block()`` makes calls hang until ``unblock()`` (an unreachable endpoint), and
+    ``hold_answers()`` makes calls that were accepted wait for their answer until ``release_answers()`` (a slow
+    response: the datums are stored, the caller does not know yet).
 
     Args:
         namespace: reported as the publisher's namespace.
@@ -25,6 +27,10 @@ class RecordingPublisher:
         self._failures: list[int] = []
         self._open = asyncio.Event()
         self._open.set()
+        self._answers = asyncio.Event()
+        self._answers.set()
+        #: Calls accepted whose answers were held.
+        self.held = 0
 
     @property
     def namespace(self) -> str:
@@ -47,6 +53,12 @@ class RecordingPublisher:
     def unblock(self) -> None:
         self._open.set()
 
+    def hold_answers(self) -> None:
+        self._answers.clear()
+
+    def release_answers(self) -> None:
+        self._answers.set()
+
     async def publish(self, data: Sequence[MetricDatum]) -> None:
         items = list(data)
         step = self.max_per_call or max(1, len(items))
@@ -61,3 +73,6 @@ class RecordingPublisher:
                 raise PublishError("recorded failure", sent=sent + accepted)
             self.calls.append(items[start : start + step])
             sent += len(items[start : start + step])
+            if not self._answers.is_set():
+                self.held += 1
+                await self._answers.wait()

@@ -409,6 +409,8 @@ class PublishingLoop:
         self._clock = clock
         self._buffer: deque[MetricDatum] = deque()
         self._wake = asyncio.Event()
+        #: Set by ``stop()``: the sender finishes the call it is making, if any, and makes no other.
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._previous = Figures()
@@ -447,14 +449,16 @@ class PublishingLoop:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         sender, self._sender = self._sender, None
-        if sender is not None:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
         if not self.leader:
             return
         try:
             async with asyncio.timeout(self.flush_timeout):
+                if sender is not None:
+                    # A call in flight may already have reached CloudWatch: cancelled, its datums would go back
+                    # to the buffer and be sent twice. Let it end (within the same bound as the flush).
+                    self._stopping.set()
+                    self._wake.set()
+                    await asyncio.shield(sender)
                 # Stopped before it was ready (a shutdown right after start): get ready, the requests counted.
                 await self._prepare()
                 now = self._clock()
@@ -469,6 +473,10 @@ class PublishingLoop:
         except Exception:
             logger.exception("the final metrics flush failed")
         finally:
+            if sender is not None and not sender.done():
+                sender.cancel()  # what it was sending goes back to the buffer, counted below
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
             if self._buffer:
                 logger.warning(
                     "metrics not published at shutdown: %d datapoints dropped (CloudWatch unreachable, slow)",
@@ -567,15 +575,18 @@ class PublishingLoop:
 
     async def _send_loop(self) -> None:
         backoff = 0.0
-        while True:
+        while not self._stopping.is_set():
             await self._wake.wait()
             self._wake.clear()
-            while self._buffer:
+            while self._buffer and not self._stopping.is_set():
                 if await self._send_buffered():
                     backoff = 0.0
                     continue
                 backoff = min(MAX_BACKOFF, max(1.0, backoff * 2))
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                # Backing off, unless stop() wants the final flush now.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff * random.uniform(0.5, 1.0)):
+                        await self._stopping.wait()
 
     async def _send_buffered(self) -> bool:
         """Send what is buffered; on failure put back what was not accepted. ``True`` if all went."""

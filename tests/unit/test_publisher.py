@@ -300,6 +300,22 @@ async def test_stop_publishes_the_last_partial_step() -> None:
     assert len(publisher.calls) == 1
 
 
+async def test_stop_lets_a_call_in_flight_end_rather_than_send_its_datums_twice() -> None:
+    publisher, source = RecordingPublisher(), FakeSource()
+    loop = loop_for(publisher, source, flush_timeout=3.0)
+    await loop.start()
+    source.serve(0.004, 0.004)
+    publisher.hold_answers()  # CloudWatch stores the next call's datums, and answers late
+    await wait_for(lambda: publisher.held == 1)
+    stopping = asyncio.create_task(loop.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # waiting for that answer, not cancelling the call
+    publisher.release_answers()
+    await stopping
+    assert total(publisher, REQUEST_COUNT) == 2  # stored once: a cancelled call would be sent again
+    assert loop.dropped_total == 0
+
+
 async def test_stop_returns_within_the_flush_timeout_when_nothing_answers() -> None:
     publisher, source = RecordingPublisher(), FakeSource()
     publisher.block()
