@@ -102,8 +102,8 @@ class Settings(BaseSettings):
     # Observability (metrics, tracing, access log): see productos.observability
     metrics_enabled: bool = Field(True, **_env("PRODUCTOS_METRICS_ENABLED"))
     tracing_enabled: bool = Field(True, **_env("PRODUCTOS_TRACING_ENABLED"))
-    #: One JSON line per request at info level; off when the ALB's access logs are enough (-15 % CPU on a
-    #: primary-key GET: bench/README.md).
+    #: One JSON line per request at info level; off when the ALB's access logs are enough (5-15 % of the CPU
+    #: of a primary-key GET: bench/README.md).
     access_log: bool = Field(True, **_env("PRODUCTOS_ACCESS_LOG"))
     otel_exporter: Literal["auto", "otlp", "console", "none"] = Field("auto", **_env("PRODUCTOS_OTEL_EXPORTER"))
     otel_exporter_otlp_endpoint: str | None = Field(None, **_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
