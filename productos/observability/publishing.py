@@ -450,6 +450,10 @@ class PublishingLoop:
             await task
         sender, self._sender = self._sender, None
         if not self.leader:
+            if sender is not None:  # the lease went with a failure of the loop: nothing of ours to flush
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
             return
         try:
             async with asyncio.timeout(self.flush_timeout):
@@ -458,7 +462,7 @@ class PublishingLoop:
                     # to the buffer and be sent twice. Let it end (within the same bound as the flush).
                     self._stopping.set()
                     self._wake.set()
-                    await asyncio.shield(sender)
+                    await asyncio.wait({sender})  # neither cancels it on the deadline nor raises what it raised
                 # Stopped before it was ready (a shutdown right after start): get ready, the requests counted.
                 await self._prepare()
                 now = self._clock()
