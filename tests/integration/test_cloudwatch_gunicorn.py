@@ -260,7 +260,8 @@ async def test_the_last_step_is_flushed_on_shutdown(site: Site) -> None:
         assert server.process is not None
         await asyncio.to_thread(server.process.wait, 30)
         stopped_in = time.monotonic() - started
-    assert site.stats("RequestCount")["Sum"] == 15
+    metrics_lines = [line for line in server.output().splitlines() if "metric" in line.lower()]
+    assert site.stats("RequestCount")["Sum"] == 15, metrics_lines
     assert site.stats("RequestCount", PER_INSTANCE)["Sum"] == 15
     assert "datapoints dropped" not in server.output()
     assert stopped_in < 10
