@@ -386,6 +386,7 @@ class PublishingLoop:
         state_path: str | Path | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         flush_timeout: float = DEFAULT_FLUSH_TIMEOUT,
+        settle: float = 0.0,
         sample_every: float | None = None,
         lease_retry: float | None = None,
         clock: Callable[[], float] = time.time,
@@ -403,6 +404,9 @@ class PublishingLoop:
         self._state_path = Path(state_path) if state_path is not None else None
         self.max_buffer = max_buffer
         self.flush_timeout = flush_timeout
+        #: Seconds the final flush waits before its last reading, so that what the other workers counted
+        #: reaches the shared files first (they write their sums once a second: ``metrics.FLUSH_INTERVAL``).
+        self.settle = settle
         # At least ten samples a step (a one-second step would otherwise see one instant), at most one a second.
         self._sample_every = sample_every if sample_every is not None else min(1.0, self.interval / 10)
         self._lease_retry = lease_retry if lease_retry is not None else min(self.interval, 5.0)
@@ -455,6 +459,10 @@ class PublishingLoop:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
             return
+        if self.settle:
+            # Every worker gets SIGTERM at once: requests another worker served in its last second are not in
+            # the files yet. Within ``settle`` its periodic (or final) write puts them there.
+            await asyncio.sleep(self.settle)
         try:
             async with asyncio.timeout(self.flush_timeout):
                 if sender is not None:
@@ -725,7 +733,7 @@ async def open_metrics_publishing(
     if settings.metrics_publisher == "none":
         yield None
         return
-    from productos.observability.metrics import multiprocess_dir
+    from productos.observability.metrics import FLUSH_INTERVAL, multiprocess_dir
 
     directory = multiprocess_dir()
     if source is None and directory is None:
@@ -748,6 +756,8 @@ async def open_metrics_publishing(
         lease=FileLease(Path(directory) / LOCK_FILE) if directory else None,
         state_path=Path(directory) / STATE_FILE if directory else None,
         flush_timeout=flush_timeout,
+        # The other workers' last batched counts (written once a second) must reach the files first.
+        settle=FLUSH_INTERVAL + 0.25 if directory else 0.0,
     )
     await loop.start()
     try:

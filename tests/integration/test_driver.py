@@ -86,7 +86,9 @@ async def test_commit_after_a_failed_statement_refuses_to_pretend(engine: AsyncE
 async def test_errors_become_domain_errors_and_keep_the_connection_when_it_is_sound(engine: AsyncEngine) -> None:
     pid = await _backend_pid(engine)
     async with Unit(engine, read_only=True) as unit:
-        with pytest.raises(DatabaseUnavailableError) as raised:  # statement_timeout (0.5 s): SQLSTATE 57014
+        # The server's statement_timeout, well before asyncpg's own command timeout (0.5 s) would cancel it.
+        await unit.connection.execute("SET statement_timeout = 100")
+        with pytest.raises(DatabaseUnavailableError) as raised:  # SQLSTATE 57014
             await unit.connection.fetchval("SELECT pg_sleep(2)")
         assert isinstance(raised.value.__cause__, asyncpg.QueryCanceledError)
         with pytest.raises(asyncpg.PostgresSyntaxError):  # a bug in the SQL stays what it is

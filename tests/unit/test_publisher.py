@@ -316,6 +316,19 @@ async def test_stop_lets_a_call_in_flight_end_rather_than_send_its_datums_twice(
     assert loop.dropped_total == 0
 
 
+@pytest.mark.parametrize("settle", [0.0, 0.3])
+async def test_the_final_flush_waits_for_what_the_other_workers_counted_last(settle: float) -> None:
+    publisher, source = RecordingPublisher(), FakeSource()
+    loop = loop_for(publisher, source, interval=60, settle=settle)  # no regular step during the test
+    await loop.start()
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(loop.stop())
+    await asyncio.sleep(0.1)
+    source.serve(0.004, 0.004, 0.004)  # another worker's last second reaches the shared files now
+    await stopping
+    assert total(publisher, REQUEST_COUNT) == (3 if settle else 0)
+
+
 async def test_stop_returns_within_the_flush_timeout_when_nothing_answers() -> None:
     publisher, source = RecordingPublisher(), FakeSource()
     publisher.block()
