@@ -73,7 +73,7 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    # The worker has imported the app: FastAPI, SQLAlchemy, pydantic, OpenTelemetry... hundreds of thousands
+    # The worker has imported the app: FastAPI, SQLAlchemy, pydantic, OpenTelemetry... over a hundred thousand
     # of objects that live as long as the process. Python's full (generation 2) collections scan every one of
     # them: under load about every half second, for 41-75 ms each, with the event loop stopped (measured with
     # the benchmarks' productos at 64 clients). Frozen, they are skipped, and a full collection takes < 1 ms.
