@@ -95,6 +95,7 @@ class DriverConnection:
     @classmethod
     async def checkout(cls, engine: AsyncEngine, *, timeout: float | None = None) -> DriverConnection:
         """A connection from ``engine``'s pool, within ``timeout`` seconds (pool wait, pre-ping and login)."""
+        # translate_db_errors() inline: on every request, its context manager costs more than the try.
         try:
             async with asyncio.timeout(timeout):
                 pooled = await engine.raw_connection()
