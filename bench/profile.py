@@ -39,13 +39,13 @@ LAYERS: dict[str, str] = {
     "  JSON body (dump_json, producto_dict)": r"(?:dump_json|producto_dict) \(productos/api/schemas",
     "  ETag, Response, Link header": r"_one \(productos/api/routes|include_query_params",
     "service (productos/services)": r"productos/services/",
-    "unit of work enter (checkout, pre-ping, isolation level)": r"__aenter__ \(productos/infra/db/repository",
-    "unit of work exit (rollback, close: pool return)": r"__aexit__ \(productos/infra/db/repository",
+    "unit of work enter (checkout, pre-ping, isolation level)": r"__aenter__ \(productos/services/productos/repository",
+    "unit of work exit (rollback, close: pool return)": r"__aexit__ \(productos/services/productos/repository",
     "  pool pre-ping (BEGIN; ';'; ROLLBACK per checkout)": r"do_ping|_async_ping|_checkout|pre_ping",
     "  execution_options(isolation_level=AUTOCOMMIT)": (
         r"execution_options|set_isolation_level|_set_connection_isolation|get_isolation_level"
     ),
-    "repository methods (execute + rows)": r"^(?:get|list|add|update|delete) \(productos/infra/db/repository",
+    "repository methods (execute + rows)": r"^(?:get|list|add|update|delete) \(productos/services/productos/repository",
     "  SQLAlchemy statement build/compile/cache key": (
         r"sqlalchemy/sql/(?:compiler|cache_key|elements|selectable|coercions|base|traversals|dml)\.py"
     ),

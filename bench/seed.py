@@ -50,7 +50,7 @@ async def _admin(statement: str, admin_url: str = ADMIN_URL) -> None:
 def migrate(url: str, workdir: Path) -> None:
     """Migrate with the shipped command, from a scratch directory (no stray ``.env`` applies)."""
     subprocess.run(
-        [sys.executable, "-m", "productos.cli", "migrate"],
+        [sys.executable, "-m", "productos", "migrate"],
         cwd=workdir,
         env={**os.environ, "DATABASE_URL": url},
         check=True,

@@ -21,9 +21,10 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from productos import ConfigurationError, Settings
-from productos.bootstrap import open_container
-from productos.domain.settings_ports import SettingValue
-from productos.settings import env_names, resolve_settings
+from productos.runtime import open_runtime, resolve_settings
+from productos.services.productos.app import MIGRATIONS, unit_of_work_factory
+from productos.services.productos.service import ProductoService
+from productos.settings import SettingValue, env_names
 
 
 class JsonFileSource:
@@ -61,10 +62,10 @@ async def main(path: Path) -> None:
     resolved = await resolve_settings(sources=[source], env_file=None)
     show(resolved.settings, resolved.sources)
 
-    # The service with the same source: the container resolves the settings itself and owns the clients.
-    async with open_container(sources=[source], env_file=None) as container:
-        page = await container.productos.list(limit=5)
-        print(f"service: log level {container.settings.log_level}, {len(page.items)} product(s)")
+    # The service with the same source: the runtime resolves the settings itself and owns the clients.
+    async with open_runtime(sources=[source], env_file=None, migrations=[MIGRATIONS]) as runtime:
+        page = await ProductoService(unit_of_work_factory(runtime.engine)).list(limit=5)
+        print(f"service: log level {runtime.settings.log_level}, {len(page.items)} product(s)")
 
 
 if __name__ == "__main__":

@@ -13,25 +13,21 @@ from pathlib import Path
 import httpx
 from asgi_lifespan import LifespanManager
 
-from productos import NewProducto, ProductoPatch, Settings, create_app
-from productos.bootstrap import product_unit_of_work_factory
-from productos.infra.db import create_engine, upgrade_to_head
-from productos.services import ProductService
+from productos import Settings, open_runtime
+from productos.services.productos.app import MIGRATIONS, create_app, unit_of_work_factory
+from productos.services.productos.domain import NewProducto, ProductoPatch
+from productos.services.productos.service import ProductoService
 
 
 async def use_the_service_layer(database_url: str) -> None:
-    """Engine, migrations and use cases, without HTTP: what a batch job or a worker would do."""
-    engine = create_engine(Settings(database_url=database_url))
-    try:
-        await upgrade_to_head(engine)
+    """The runtime (engine, pool, migrations on SQLite) and use cases, without HTTP: what a batch job does."""
+    async with open_runtime(Settings(database_url=database_url), migrations=[MIGRATIONS]) as runtime:
         # SQL on the asyncpg connection for PostgreSQL, SQLAlchemy Core for SQLite: whichever suits the engine.
-        service = ProductService(product_unit_of_work_factory(engine))
+        service = ProductoService(unit_of_work_factory(runtime.engine))
         lamp = await service.create(NewProducto(nombre="Lámpara", precio=Decimal("24.90"), stock=5))
         lamp = await service.update(lamp.id, ProductoPatch({"stock": 4}), expected_version=lamp.version)
         page = await service.list(limit=10)
         print(f"service layer: {len(page.items)} product(s); {lamp.nombre} has stock {lamp.stock}, v{lamp.version}")
-    finally:
-        await engine.dispose()
 
 
 async def call_the_app_in_process(database_url: str) -> None:

@@ -1,29 +1,36 @@
-"""productos: async-first FastAPI microservices on AWS (ASG + ALB + RDS PostgreSQL).
+"""productos: async-first FastAPI microservices on AWS (ASG + ALB + RDS PostgreSQL), as a library.
 
-The public API: the app factory, the settings, the domain's entities, ports and errors.
+The public modules, each with its ``__all__``:
+
+- ``productos.runtime``: ``create_service``, ``open_runtime``, ``load_settings``, ``Runtime``.
+- ``productos.settings``: the ``Settings`` schema and the settings-source ports.
+- ``productos.domain``: errors, ids, keyset pages, and the generic ports (``UnitOfWork``, ``UnitOfWorkFactory``).
+- ``productos.db``: unit-of-work bases, statements on the pooled connection, column types.
+- ``productos.migrations``: a service's Alembic migrations.
+- ``productos.pagination`` and ``productos.http``: keyset pagination and route helpers at the HTTP edge.
+- ``productos.observability``: logging, metrics and tracing.
+- ``productos.testing``: fakes and helpers for a service's tests.
+
+The products API, productos' reference service, is ``productos.services.productos`` (``productos.main:app``).
 """
 
-from productos.api.app import create_app, create_service
-from productos.bootstrap import Migrations, Runtime, open_runtime
+from typing import Any
+
 from productos.domain import (
     ConfigurationError,
     ConflictError,
     DatabaseUnavailableError,
     DomainValidationError,
     HealthProbe,
-    NewProducto,
     NotFoundError,
-    Producto,
-    ProductoPatch,
     ProductosError,
-    ProductRepository,
     StaleVersionError,
     UnitOfWork,
     UnitOfWorkFactory,
 )
-from productos.settings import Settings, load_settings
-
-__version__ = "0.1.0"
+from productos.runtime import Migrations, Runtime, create_service, load_settings, open_runtime
+from productos.settings import Settings
+from productos.version import __version__
 
 __all__ = [
     "ConfigurationError",
@@ -32,11 +39,7 @@ __all__ = [
     "DomainValidationError",
     "HealthProbe",
     "Migrations",
-    "NewProducto",
     "NotFoundError",
-    "ProductRepository",
-    "Producto",
-    "ProductoPatch",
     "ProductosError",
     "Runtime",
     "Settings",
@@ -44,8 +47,29 @@ __all__ = [
     "UnitOfWork",
     "UnitOfWorkFactory",
     "__version__",
-    "create_app",
     "create_service",
     "load_settings",
     "open_runtime",
 ]
+
+#: Names of the products service that 0.1 exported from here; they still resolve, with a DeprecationWarning.
+_MOVED = {
+    "create_app": ("productos.services.productos.app", "create_app"),
+    "Producto": ("productos.services.productos.domain", "Producto"),
+    "NewProducto": ("productos.services.productos.domain", "NewProducto"),
+    "ProductoPatch": ("productos.services.productos.domain", "ProductoPatch"),
+    "ProductRepository": ("productos.services.productos.ports", "ProductoRepository"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The library imports nothing of the products service; these old names load it only when asked for.
+    moved = _MOVED.get(name)
+    if moved is None:
+        raise AttributeError(f"module 'productos' has no attribute {name!r}")
+    import importlib
+    import warnings
+
+    module, attribute = moved
+    warnings.warn(f"productos.{name} moved to {module}.{attribute}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(module), attribute)

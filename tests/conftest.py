@@ -20,7 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.infra.db.engine import create_engine
-from productos.infra.db.migrate import upgrade_to_head
+from productos.migrations import upgrade_to_head
+from productos.services.productos.app import MIGRATIONS
 from productos.settings import Settings
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -59,7 +60,7 @@ async def postgres_url() -> AsyncIterator[str]:
         url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
         engine = create_engine(make_settings(url))
         try:
-            await upgrade_to_head(engine)
+            await upgrade_to_head(engine, script_location=MIGRATIONS.script_location)
         finally:
             await engine.dispose()
         yield url
@@ -106,7 +107,7 @@ async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine on a migrated SQLite file of the test's own."""
     engine = create_engine(make_settings(sqlite_url))
     try:
-        await upgrade_to_head(engine)
+        await upgrade_to_head(engine, script_location=MIGRATIONS.script_location)
         yield engine
     finally:
         await engine.dispose()

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from productos import bootstrap
-from productos.infra.db.repository import SqlAlchemyUnitOfWork, SqlAlchemyUnitOfWorkFactory
 from productos.main import app as sqlalchemy_core
+from productos.services.productos import app as productos_app
+from productos.services.productos.repository import SqlAlchemyUnitOfWork, SqlAlchemyUnitOfWorkFactory
 
 
 class _TransactionalCoreFactory(SqlAlchemyUnitOfWorkFactory):
@@ -27,7 +27,7 @@ def _core_factory(engine: AsyncEngine, *, acquire_timeout: float | None = None) 
     return _TransactionalCoreFactory(engine, acquire_timeout=acquire_timeout)
 
 
-# product_container() looks the factory up when each worker's lifespan starts.
-bootstrap.product_unit_of_work_factory = _core_factory  # type: ignore[assignment]
+# productos_state() looks the factory up when each worker's lifespan starts.
+productos_app.unit_of_work_factory = _core_factory  # type: ignore[assignment]
 
 __all__ = ["sqlalchemy_core"]

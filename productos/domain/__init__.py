@@ -1,4 +1,8 @@
-"""Domain layer: entities, invariants, errors and ports. Imports no framework."""
+"""The domain kernel every service builds on: errors, ids, keyset pages and generic ports.
+
+Imports no framework (FastAPI, SQLAlchemy, boto): a service's domain and use cases depend on this and on
+nothing outer.
+"""
 
 from productos.domain.errors import (
     ConfigurationError,
@@ -9,40 +13,26 @@ from productos.domain.errors import (
     ProductosError,
     StaleVersionError,
 )
-from productos.domain.models import (
-    DESCRIPCION_MAX_LENGTH,
-    ID_MAX,
-    NOMBRE_MAX_LENGTH,
-    PRECIO_MAX,
-    PRECIO_MIN,
-    STOCK_MAX,
-    NewProducto,
-    Producto,
-    ProductoPatch,
-    is_valid_id,
-)
-from productos.domain.ports import HealthProbe, ProductRepository, UnitOfWork, UnitOfWorkFactory
+from productos.domain.ids import ID_MAX, is_valid_id
+from productos.domain.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, clamp_limit, page_of
+from productos.domain.ports import HealthProbe, UnitOfWork, UnitOfWorkFactory
 
 __all__ = [
-    "DESCRIPCION_MAX_LENGTH",
+    "DEFAULT_PAGE_SIZE",
     "ID_MAX",
-    "NOMBRE_MAX_LENGTH",
-    "PRECIO_MAX",
-    "PRECIO_MIN",
-    "STOCK_MAX",
+    "MAX_PAGE_SIZE",
     "ConfigurationError",
     "ConflictError",
     "DatabaseUnavailableError",
     "DomainValidationError",
     "HealthProbe",
-    "NewProducto",
     "NotFoundError",
-    "ProductRepository",
-    "Producto",
-    "ProductoPatch",
+    "Page",
     "ProductosError",
     "StaleVersionError",
     "UnitOfWork",
     "UnitOfWorkFactory",
+    "clamp_limit",
     "is_valid_id",
+    "page_of",
 ]

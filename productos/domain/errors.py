@@ -1,4 +1,4 @@
-"""Domain errors. The HTTP edge maps them to status codes in one place (``productos.api.errors``)."""
+"""Domain errors. The HTTP edge maps them to status codes in one place (``productos.http.errors``)."""
 
 from __future__ import annotations
 

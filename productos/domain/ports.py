@@ -1,49 +1,28 @@
-"""Ports: what the services need from the outside world, as Protocols.
+"""Generic ports: what a service's use cases need from the outside world, as Protocols.
 
-Adapters live in ``productos.infra``; the in-memory fakes in ``productos.infra.memory``.
+A service declares its own unit of work as a Protocol that extends ``UnitOfWork`` with its repositories, and
+writes its use cases against ``UnitOfWorkFactory[ThatUnitOfWork]``::
+
+    class PedidosUnitOfWork(UnitOfWork, Protocol):
+        @property
+        def pedidos(self) -> PedidoRepository: ...
+
+    class PedidoService:
+        def __init__(self, units: UnitOfWorkFactory[PedidosUnitOfWork]) -> None: ...
+
+Adapters: ``productos.db`` (SQLAlchemy and asyncpg); fakes for tests in each service's ``testing`` module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
-from productos.domain.models import NewProducto, Producto, ProductoPatch
-
-
-class ProductRepository(Protocol):
-    """Stores products. Methods never commit: the unit of work does."""
-
-    async def get(self, producto_id: int) -> Producto | None: ...
-
-    async def add(self, producto: NewProducto) -> Producto: ...
-
-    async def list(self, *, after: int = 0, limit: int = 100) -> Sequence[Producto]:
-        """Products with ``id > after`` in id order, at most ``limit`` (keyset pagination)."""
-        ...
-
-    async def update(
-        self, producto_id: int, patch: ProductoPatch, *, expected_version: int | None = None
-    ) -> Producto | None:
-        """Apply ``patch`` atomically and bump the version.
-
-        Returns ``None`` when the product does not exist. When ``expected_version`` is given and the
-        stored version differs, raises ``ConflictError`` and writes nothing.
-        """
-        ...
-
-    async def delete(self, producto_id: int, *, expected_version: int | None = None) -> bool:
-        """Delete the product; ``False`` when it did not exist. Version mismatch: ``ConflictError``."""
-        ...
+__all__ = ["HealthProbe", "UnitOfWork", "UnitOfWorkFactory", "UnitOfWorkT"]
 
 
 class UnitOfWork(Protocol):
     """One transaction. ``async with uow:`` opens it; leaving without ``commit()`` rolls back."""
-
-    # Read-only, so an adapter may narrow the repository type (a mutable protocol attribute is invariant).
-    @property
-    def productos(self) -> ProductRepository: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -59,7 +38,10 @@ class UnitOfWork(Protocol):
     async def rollback(self) -> None: ...
 
 
-class UnitOfWorkFactory(Protocol):
+UnitOfWorkT = TypeVar("UnitOfWorkT", bound=UnitOfWork, covariant=True)
+
+
+class UnitOfWorkFactory(Protocol[UnitOfWorkT]):
     """Makes units of work.
 
     ``read_only=True``: the unit only reads; the adapter may skip the transaction. ``autocommit=True``: the
@@ -68,7 +50,7 @@ class UnitOfWorkFactory(Protocol):
     ``commit()`` is still called, and does nothing more.
     """
 
-    def __call__(self, *, read_only: bool = False, autocommit: bool = False) -> UnitOfWork: ...
+    def __call__(self, *, read_only: bool = False, autocommit: bool = False) -> UnitOfWorkT: ...
 
 
 class HealthProbe(Protocol):

@@ -23,6 +23,7 @@ from productos.observability.metrics import KNOWN_METHODS
 from productos.observability.telemetry import Telemetry
 from productos.observability.tracing import TRACE_HEADERS
 
+# The access log is a channel of its own, named in the docs and filtered on by operators, not a module logger.
 access_logger = logging.getLogger("productos.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:;=/+-]{1,200}$")

@@ -5,29 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
+from productos.settings import parse_proxies
+
 _CACHE_LIMIT = 4096
-
-
-def parse_proxies(spec: str | Iterable[str]) -> tuple[str, ...]:
-    """Split ``"10.0.0.0/16, 127.0.0.1"`` into its entries, each checked (an address, a network, or ``*``)
-    and networks normalised.
-
-    Raises:
-        ValueError: an entry is none of these (the message names it).
-    """
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    entries: list[str] = []
-    for item in (item.strip() for item in items):
-        if not item or item == "*":
-            entries.extend([item] if item else [])
-            continue
-        try:
-            network = ip_network(item, strict=False)
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address, a CIDR network or '*'") from None
-        # 10.0.0.7/16 means 10.0.0.0/16 (gunicorn would refuse the former).
-        entries.append(str(network) if "/" in item else item)
-    return tuple(entries)
 
 
 class TrustedProxies:

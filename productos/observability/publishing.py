@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from productos.infra.aws.clients import AwsClients
     from productos.settings import Settings
 
-logger = logging.getLogger("productos.metrics.publishing")
+logger = logging.getLogger(__name__)
 
 HTTP_DURATION = "http_server_request_duration_seconds"
 DB_DURATION = "db_client_operation_duration_seconds"
@@ -81,7 +81,7 @@ STATE_FILE = "productos-publisher.json"
 
 #: Datums kept while CloudWatch is unreachable: 12 per step, so about 14 hours of 60 s steps.
 DEFAULT_MAX_BUFFER = 10_000
-#: Seconds kept for the final flush: inside ``productos.serving.SHUTDOWN_MARGIN`` (2 s), which gunicorn's
+#: Seconds kept for the final flush: inside ``productos.entrypoints.worker.SHUTDOWN_MARGIN`` (2 s), which gunicorn's
 #: graceful timeout leaves for the app's shutdown after in-flight requests finish.
 DEFAULT_FLUSH_TIMEOUT = 1.5
 MAX_BACKOFF = 60.0

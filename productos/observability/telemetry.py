@@ -70,7 +70,7 @@ def exporter_kind(settings: Settings) -> str:
 def _resource(settings: Settings) -> Resource:
     from opentelemetry.sdk.resources import Resource
 
-    from productos import __version__
+    from productos.version import __version__
 
     # One instance per worker: each exports its own cumulative series, which a collector must not merge.
     return Resource.create(

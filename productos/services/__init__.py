@@ -1,5 +1,2 @@
-"""Service layer: async use cases on the domain ports."""
-
-from productos.services.productos import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, ProductService
-
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "Page", "ProductService"]
+"""Services built on the productos library. Each imports only the library's public modules, as any user's
+service does; the library imports none of them."""

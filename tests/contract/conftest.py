@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from productos.domain.ports import UnitOfWorkFactory
-from productos.infra.db.asyncpg_repository import AsyncpgUnitOfWorkFactory
-from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
-from productos.infra.memory import InMemoryUnitOfWorkFactory
+from productos.domain import UnitOfWorkFactory
+from productos.services.productos.asyncpg_repository import AsyncpgUnitOfWorkFactory
+from productos.services.productos.repository import SqlAlchemyUnitOfWorkFactory
+from productos.services.productos.testing import InMemoryUnitOfWorkFactory
 
 BACKENDS = [
     pytest.param("memory", id="memory"),

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from productos.domain import ID_MAX, UnitOfWorkFactory
 from productos.domain.errors import ConflictError, StaleVersionError
-from productos.domain.models import ID_MAX, NewProducto, Producto, ProductoPatch
-from productos.domain.ports import UnitOfWorkFactory
+from productos.services.productos.domain import NewProducto, Producto, ProductoPatch
 
 
 def new(**fields: Any) -> NewProducto:

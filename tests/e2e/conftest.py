@@ -10,7 +10,8 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from productos import Settings, create_app
+from productos import Settings
+from productos.services.productos.app import create_app
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 

@@ -45,7 +45,7 @@ def scratch_database(workdir: Path) -> Iterator[str]:
     try:
         # From a scratch directory, so the installed package (and its shipped migrations) is what runs.
         subprocess.run(
-            [sys.executable, "-m", "productos.cli", "migrate"],
+            [sys.executable, "-m", "productos", "migrate"],
             cwd=workdir,
             env={**os.environ, "DATABASE_URL": url},
             check=True,

@@ -82,7 +82,7 @@ def stack(aws: Aws) -> Stack:
 def productos_aws(*args: str, env: dict[str, str] | None = None) -> tuple[Any, str]:
     """Run ``productos aws ...`` as a process; its JSON output and its stderr."""
     done = subprocess.run(
-        [sys.executable, "-m", "productos.cli", "aws", *args],
+        [sys.executable, "-m", "productos", "aws", *args],
         capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -244,7 +244,7 @@ def test_the_printed_json_is_what_the_pure_functions_make(aws: Aws, stack: Stack
 def test_a_missing_asg_name_is_a_configuration_error() -> None:
     env = {**os.environ, "PRODUCTOS_ASG_NAME": ""}
     done = subprocess.run(
-        [sys.executable, "-m", "productos.cli", "aws", "scaling-policies"],
+        [sys.executable, "-m", "productos", "aws", "scaling-policies"],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert done.returncode == 2

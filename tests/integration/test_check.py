@@ -21,7 +21,7 @@ SECRET = "pa55-@:/?#%-word"
 def _check(workdir: Path, database_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "PRODUCTOS_"))}
     return subprocess.run(
-        [sys.executable, "-m", "productos.cli", "check", *extra],
+        [sys.executable, "-m", "productos", "check", *extra],
         cwd=workdir,
         env={**env, "DATABASE_URL": database_url, "DB_CONNECT_TIMEOUT": "1"},
         capture_output=True,
@@ -118,7 +118,7 @@ def test_unescaped_password_is_a_clear_configuration_error(tmp_path: Path) -> No
 
 def test_embedded_default_passes(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "productos.cli", "migrate"],
+        [sys.executable, "-m", "productos", "migrate"],
         cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
         check=True,
@@ -132,7 +132,7 @@ def test_embedded_default_passes(tmp_path: Path) -> None:
 def test_invalid_setting_exits_2_and_names_it(tmp_path: Path) -> None:
     env = {**os.environ, "DB_POOL_SIZE": "lots", "DATABASE_URL": "sqlite:///./x.db"}
     result = subprocess.run(
-        [sys.executable, "-m", "productos.cli", "check"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "productos", "check"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.returncode == 2
     assert "DB_POOL_SIZE" in result.stdout + result.stderr

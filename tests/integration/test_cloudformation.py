@@ -29,9 +29,10 @@ import boto3
 import pytest
 import yaml
 
-from productos.aws_cli import run as run_productos_aws
-from productos.cli import build_parser
-from productos.settings import Settings, env_names, resolve_settings
+from productos.entrypoints.aws_cli import run as run_productos_aws
+from productos.entrypoints.cli import build_parser
+from productos.runtime import resolve_settings
+from productos.settings import Settings, env_names
 from tests.integration.conftest import REGION, moto_post
 
 ROOT = Path(__file__).resolve().parents[2]

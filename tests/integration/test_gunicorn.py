@@ -67,7 +67,7 @@ def test_both_gunicorn_command_lines_serve_the_contract(
 def test_productos_serve_on_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No configuration at all: ``productos serve`` migrates a SQLite file (two workers racing) and serves."""
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    command = [sys.executable, "-m", "productos.cli", "serve"]
+    command = [sys.executable, "-m", "productos", "serve"]
     with Gunicorn(tmp_path, {}, command=command) as server:
         _crud_roundtrip(server.base_url)
     assert (tmp_path / "productos.db").is_file()
@@ -158,7 +158,7 @@ def test_default_keepalive_outlasts_the_alb_idle_timeout() -> None:
     from productos import gunicorn_conf
 
     assert gunicorn_conf.keepalive > 60
-    assert gunicorn_conf.worker_class == "productos.serving.ProductosUvicornWorker"
+    assert gunicorn_conf.worker_class == "productos.entrypoints.worker.ProductosUvicornWorker"
 
 
 async def test_64_concurrent_clients_keep_getting_answers(workdir: Path, database_url: str) -> None:

@@ -19,14 +19,14 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from productos.domain.models import NewProducto, ProductoPatch
-from productos.infra.db.asyncpg_repository import AsyncpgUnitOfWorkFactory
 from productos.infra.db.engine import create_engine
-from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
 from productos.observability.db import instrument_engine
 from productos.observability.metrics import Metrics
 from productos.observability.tracing import Tracing
-from productos.services.productos import ProductService
+from productos.services.productos.asyncpg_repository import AsyncpgUnitOfWorkFactory
+from productos.services.productos.domain import NewProducto, ProductoPatch
+from productos.services.productos.repository import SqlAlchemyUnitOfWorkFactory
+from productos.services.productos.service import ProductoService
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.postgres
@@ -170,7 +170,7 @@ async def test_queries_are_timed_by_operation_and_traced_under_the_request(
     async with engine.connect():
         pass  # the dialect's own first queries (version, schema...) are timed too: keep them out of the counts
     instrument_engine(engine, metrics=metrics, tracing=tracing)
-    service = ProductService(factory(engine))
+    service = ProductoService(factory(engine))
     try:
         with tracing.tracer.start_as_current_span("GET /productos/{producto_id}") as request_span:
             created = await service.create(NewProducto(nombre="Teclado", precio=Decimal("9.99")))

@@ -27,7 +27,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         migrate = [
             sys.executable,
             "-m",
-            "productos.cli",
+            "productos",
             "migrate",
             "--script-location",
             "pedidos:migrations",

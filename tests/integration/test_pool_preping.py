@@ -9,10 +9,10 @@ import asyncpg
 import pytest
 
 from productos.domain.errors import DatabaseUnavailableError
-from productos.domain.models import NewProducto
-from productos.infra.db.asyncpg_repository import AsyncpgUnitOfWorkFactory
 from productos.infra.db.engine import create_engine
-from productos.infra.db.repository import SqlAlchemyUnitOfWorkFactory
+from productos.services.productos.asyncpg_repository import AsyncpgUnitOfWorkFactory
+from productos.services.productos.domain import NewProducto
+from productos.services.productos.repository import SqlAlchemyUnitOfWorkFactory
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.postgres

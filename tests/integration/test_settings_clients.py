@@ -13,10 +13,11 @@ from pathlib import Path
 import aioboto3
 import pytest
 
-from productos.bootstrap import open_container
 from productos.domain.errors import ConfigurationError
 from productos.infra.aws import AwsClients, AwsConfig
-from productos.settings import Settings, resolve_settings
+from productos.runtime import open_runtime, resolve_settings
+from productos.services.productos.app import MIGRATIONS
+from productos.settings import Settings
 from tests.integration.conftest import Aws
 
 DB_URL = "postgresql://app:pw-clients-1@db.internal:5432/productos"
@@ -65,7 +66,7 @@ async def test_the_container_owns_the_clients_from_start_to_shutdown(aws: Aws, m
     aws.put_secret("productos/config", {"LOG_LEVEL": "warning"})
     monkeypatch.setenv("PRODUCTOS_SSM_PATH", "/productos-api/")
     monkeypatch.setenv("PRODUCTOS_SECRET_ID", "productos/config")
-    async with open_container() as container:
+    async with open_runtime(migrations=[MIGRATIONS]) as container:
         clients = container.aws
         assert clients is not None
         # The clients that loaded the settings are the container's, open until shutdown.
@@ -81,9 +82,9 @@ async def test_the_container_owns_the_clients_from_start_to_shutdown(aws: Aws, m
 def test_no_aws_configuration_imports_no_aws_sdk(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"
-        "from productos.bootstrap import open_container\n"
+        "from productos.runtime import open_runtime\nfrom productos.services.productos.app import MIGRATIONS\n"
         "async def main():\n"
-        "    async with open_container() as container:\n"
+        "    async with open_runtime(migrations=[MIGRATIONS]) as container:\n"
         "        assert container.aws is not None and container.aws.created == ()\n"
         "asyncio.run(main())\n"
         "sdk = {'aioboto3', 'aiobotocore', 'botocore'}\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from productos.domain.settings_ports import SettingsSource, SettingValue
-from productos.settings import resolve_settings
+from productos.runtime import resolve_settings
 from tests.integration.conftest import Aws
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_settings_source.py"

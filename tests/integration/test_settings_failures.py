@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 from asgi_lifespan import LifespanManager
 
-from productos.api.app import create_app
-from productos.bootstrap import open_container
 from productos.domain.errors import ConfigurationError
 from productos.domain.settings_ports import SettingValue
-from productos.settings import resolve_settings
+from productos.runtime import open_runtime, resolve_settings
+from productos.services.productos.app import MIGRATIONS, create_app
 from tests.integration.conftest import Aws, free_port, moto_post
 
 SECRET = "S3cr3t-never-print-9f2c"
@@ -264,7 +263,7 @@ async def test_app_start_up_stops(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> 
     aws.put_secret("productos/db", f"DATABASE_URL={DB_URL}")
     monkeypatch.setenv("PRODUCTOS_SECRET_ID", "productos/db")
     with pytest.raises(ConfigurationError, match=r"productos/db.*not valid JSON"):
-        async with open_container():
+        async with open_runtime(migrations=[MIGRATIONS]):
             pass
     with pytest.raises(ConfigurationError, match=r"productos/db.*not valid JSON"):
         async with LifespanManager(create_app(), startup_timeout=60):
@@ -275,7 +274,7 @@ def test_productos_check_exits_non_zero_without_printing_the_secret(aws: Aws, tm
     aws.put_secret("productos/db", {"DATABASE_URL": DB_URL, "APP_PORT": SECRET})
     env = {**os.environ, "PRODUCTOS_SECRET_ID": "productos/db"}
     result = subprocess.run(
-        [sys.executable, "-m", "productos.cli", "check"],
+        [sys.executable, "-m", "productos", "check"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

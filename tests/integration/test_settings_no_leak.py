@@ -92,7 +92,7 @@ async def test_a_served_run_prints_no_secret(aws: Aws, scratch_database: str, tm
     assert '"message": "settings loaded"' in served  # debug logging was on: there was output to search
     assert "API_KEY" in served  # the unknown key is named, its value is not
 
-    check = run([sys.executable, "-m", "productos.cli", "check"], tmp_path, env)
+    check = run([sys.executable, "-m", "productos", "check"], tmp_path, env)
     assert "ssm:/productos-api/database-url" in check.stdout + check.stderr
 
     assert_no_secret(served + check.stdout + check.stderr)
@@ -116,13 +116,16 @@ async def test_a_served_run_prints_no_secret(aws: Aws, scratch_database: str, tm
 def test_failed_runs_print_no_secret(aws: Aws, tmp_path: Path, secret: str, runs: tuple[str, ...]) -> None:
     aws.put_secret("productos/db", secret)
     env = environment(PRODUCTOS_SECRET_ID="productos/db")
-    script = "import asyncio\nfrom productos.bootstrap import open_container\n"
-    script += "async def main():\n    async with open_container():\n        pass\nasyncio.run(main())\n"
+    script = "import asyncio\nfrom productos.runtime import open_runtime\n"
+    script += "from productos.services.productos.app import MIGRATIONS\n"
+    script += (
+        "async def main():\n    async with open_runtime(migrations=[MIGRATIONS]):\n        pass\nasyncio.run(main())\n"
+    )
     server = Gunicorn(tmp_path, env, workers=1)
     commands = {
         "gunicorn": server.command,
         "program": [sys.executable, "-c", script],
-        "check": [sys.executable, "-m", "productos.cli", "check"],
+        "check": [sys.executable, "-m", "productos", "check"],
     }
     commands = {name: command for name, command in commands.items() if name in runs}
     processes = {
@@ -173,7 +176,7 @@ async def test_a_refused_login_prints_no_secret(aws: Aws, password_cluster: Pass
         server.terminate()
         assert server.process is not None
         server.process.wait(40)
-    check = run([sys.executable, "-m", "productos.cli", "check"], tmp_path, env)
+    check = run([sys.executable, "-m", "productos", "check"], tmp_path, env)
     assert check.returncode != 0
     text = server.output() + check.stdout + check.stderr + "\n".join(bodies)
     assert "password authentication failed" in text

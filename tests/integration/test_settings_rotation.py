@@ -20,10 +20,9 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import event, text
 from sqlalchemy.pool import Pool
 
-from productos.api.app import create_app
-from productos.bootstrap import open_container
 from productos.infra.db.engine import create_engine
-from productos.settings import resolve_settings
+from productos.runtime import open_runtime, resolve_settings
+from productos.services.productos.app import MIGRATIONS, create_app
 from tests.integration.conftest import Aws, PasswordCluster, set_password
 
 SECRET_ID = "productos/rds"
@@ -196,7 +195,7 @@ async def test_pooled_connections_keep_working_and_new_ones_use_the_new_password
     aws: Aws, password_cluster: PasswordCluster, rds: tuple[str, str], new_logins: list[tuple[str, str]]
 ) -> None:
     database, role = rds
-    async with open_container() as container:
+    async with open_runtime(migrations=[MIGRATIONS]) as container:
         engine = container.engine
         async with engine.connect() as held:  # opened before the rotation, kept across it
             assert await held.scalar(text("SELECT current_user")) == role
@@ -214,7 +213,7 @@ async def test_secret_refreshes_in_the_background(
 ) -> None:
     monkeypatch.setenv("PRODUCTOS_SECRET_TTL", "0.3")
     reads: list[float] = []
-    async with open_container() as container:
+    async with open_runtime(migrations=[MIGRATIONS]) as container:
         assert container.aws is not None
         client = await container.aws.client("secretsmanager")
         client.meta.events.register(
@@ -243,7 +242,7 @@ async def test_iam_auth_gives_every_new_connection_a_fresh_token(
     # The main server trusts local logins and ignores the token: what we check is what the client sent.
     monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     monkeypatch.setenv("DB_IAM_AUTH", "true")
-    async with open_container() as container:
+    async with open_runtime(migrations=[MIGRATIONS]) as container:
         engine = container.engine
         for _ in range(3):
             async with engine.connect() as conn:

@@ -7,7 +7,7 @@ from sqlalchemy.engine import make_url
 
 from productos.infra.aws import AwsClients
 from productos.infra.db.url import parse_database_url
-from productos.settings import open_settings, resolve_settings
+from productos.runtime import open_settings, resolve_settings
 from tests.integration.conftest import Aws
 
 NASTY = "p@ss:w/o?r#d%25 x"  # every character a URL gives meaning to

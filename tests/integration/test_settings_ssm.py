@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from productos.infra.aws import AwsClients, SsmParameterSource
-from productos.settings import load_settings, open_settings, resolve_settings
+from productos.runtime import load_settings, open_settings, resolve_settings
 from tests.integration.conftest import Aws
 
 PATH = "/productos-api/"

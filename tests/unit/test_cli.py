@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from productos.cli import main
+from productos.entrypoints.cli import main
 
 COMMANDS = [
     [],

@@ -7,16 +7,15 @@ from typing import Any
 
 import pytest
 
+from productos.domain import ID_MAX, is_valid_id
 from productos.domain.errors import DomainValidationError, ProductosError
-from productos.domain.models import (
+from productos.services.productos.domain import (
     DESCRIPCION_MAX_LENGTH,
-    ID_MAX,
     NOMBRE_MAX_LENGTH,
     PRECIO_MAX,
     STOCK_MAX,
     NewProducto,
     ProductoPatch,
-    is_valid_id,
     validate_precio,
 )
 

@@ -22,7 +22,6 @@ from productos.domain.metrics_ports import (
     MetricDatum,
     MetricsPublisher,
 )
-from productos.infra.recording import RecordingPublisher
 from productos.observability.metrics import Metrics
 from productos.observability.publishing import (
     Cumulative,
@@ -35,6 +34,7 @@ from productos.observability.publishing import (
     resolve_dimension_sets,
     step_datums,
 )
+from productos.testing import RecordingPublisher
 
 ASG = ((ASG_DIMENSION, "productos-asg"),)
 PER_INSTANCE = ((ASG_DIMENSION, "productos-asg"), (INSTANCE_DIMENSION, "i-0abc"))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from productos.domain.errors import ConfigurationError
-from productos.settings import DEFAULT_DATABASE_URL, Settings, env_names, load_settings, resolve_settings
+from productos.runtime import load_settings, resolve_settings
+from productos.settings import DEFAULT_DATABASE_URL, Settings, env_names
 
 SECRET = "pw-Zq81-never-print-me"
 

@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field
 
 from pedidos.domain import CANTIDAD_MAX, Estado, NewPedido, Pedido
 from pedidos.service import PedidoService
-from productos.api.pagination import DEFAULT_PAGE_SIZE, After, Limit, both_slashes, next_link
 from productos.domain import ID_MAX
+from productos.http import both_slashes
+from productos.pagination import DEFAULT_PAGE_SIZE, After, Limit, next_link
 
 router = APIRouter(tags=["pedidos"])
 

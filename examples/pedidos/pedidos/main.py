@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from pedidos.api import router
-from pedidos.repository import PedidosUnitOfWork
+from pedidos.repository import SqlPedidosUnitOfWork
 from pedidos.service import PedidoService
-from productos import Migrations, Runtime, Settings, create_service
+from productos import Settings
+from productos.migrations import Migrations
+from productos.runtime import Runtime, create_service
 
 MIGRATIONS = Migrations("pedidos:migrations", version_table="pedidos_alembic_version")
 
 
 def _state(runtime: Runtime) -> dict[str, Any]:
-    unit_of_work = partial(PedidosUnitOfWork, runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout)
-    return {"pedidos": PedidoService(unit_of_work)}
+    units = SqlPedidosUnitOfWork.factory(runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout)
+    return {"pedidos": PedidoService(units)}
 
 
 def create_app(settings: Settings | None = None) -> Any:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pedidos.domain import Estado, NewPedido, Pedido
 from pedidos.tables import pedidos_table as t
-from productos.infra.db import SqlAlchemyUnitOfWorkBase, translate_db_errors
+from productos.db import SqlAlchemyUnitOfWorkBase, translate_db_errors
 
 _COLUMNS = (t.c.id, t.c.producto_id, t.c.cantidad, t.c.estado, t.c.created_at, t.c.updated_at)
 
@@ -71,7 +71,7 @@ class SqlAlchemyPedidoRepository:
             return _to_pedido((await self._conn.execute(statement)).one())
 
 
-class PedidosUnitOfWork(SqlAlchemyUnitOfWorkBase):
+class SqlPedidosUnitOfWork(SqlAlchemyUnitOfWorkBase):
     pedidos: SqlAlchemyPedidoRepository
 
     def _bind(self, connection: AsyncConnection) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from pedidos.domain import Estado, NewPedido, Pedido, check_transition
-from pedidos.repository import PedidosUnitOfWork
-from productos.domain import NotFoundError, is_valid_id
-from productos.services.pagination import Page, clamp_limit, page_of
+from pedidos.ports import PedidosUnitOfWork
+from productos.domain import NotFoundError, UnitOfWorkFactory, is_valid_id
+from productos.pagination import Page, clamp_limit, page_of
 
 
 class PedidoService:
-    def __init__(self, unit_of_work: Callable[..., PedidosUnitOfWork]) -> None:
+    def __init__(self, unit_of_work: UnitOfWorkFactory[PedidosUnitOfWork]) -> None:
         self._uow = unit_of_work
 
     async def create(self, pedido: NewPedido) -> Pedido:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table
 
-from productos.infra.db.tables import UtcDateTime
+from productos.db import UtcDateTime
 
 metadata = MetaData()
 

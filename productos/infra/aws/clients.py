@@ -25,7 +25,7 @@ from productos.domain.errors import ConfigurationError
 if TYPE_CHECKING:
     from productos.settings import Settings
 
-logger = logging.getLogger("productos.aws")
+logger = logging.getLogger(__name__)
 
 # botocore logs whole response bodies (secret values included) at DEBUG; LOG_LEVEL=debug must not leak them.
 _BODY_LOGGERS = ("botocore.parsers", "botocore.endpoint", "aiobotocore.endpoint", "aiobotocore.parsers")

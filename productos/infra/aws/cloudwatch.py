@@ -18,7 +18,7 @@ from typing import Any
 
 from productos.domain.metrics_ports import MetricDatum, PublishError
 
-logger = logging.getLogger("productos.metrics.cloudwatch")
+logger = logging.getLogger(__name__)
 
 #: The API's limits per ``PutMetricData`` call.
 MAX_DATUMS_PER_CALL = 1000

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-logger = logging.getLogger("productos.aws.imds")
+logger = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "http://169.254.169.254"
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a URL path, not a secret

@@ -15,7 +15,7 @@ from productos.domain.errors import ConfigurationError
 from productos.domain.settings_ports import DatabaseCredentials
 from productos.infra.aws.clients import describe_aws_failure
 
-logger = logging.getLogger("productos.db")
+logger = logging.getLogger(__name__)
 
 
 class RdsIamTokenProvider:

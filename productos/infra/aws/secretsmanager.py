@@ -25,7 +25,7 @@ from productos.domain.errors import ConfigurationError
 from productos.domain.settings_ports import DatabaseCredentials, SettingValue
 from productos.infra.aws.clients import describe_aws_failure
 
-logger = logging.getLogger("productos.settings")
+logger = logging.getLogger(__name__)
 
 CURRENT = "AWSCURRENT"
 PENDING = "AWSPENDING"

@@ -15,7 +15,7 @@ from productos.domain.errors import ConfigurationError
 from productos.domain.settings_ports import SettingValue
 from productos.infra.aws.clients import describe_aws_failure
 
-logger = logging.getLogger("productos.settings")
+logger = logging.getLogger(__name__)
 
 #: GetParametersByPath returns at most 10 parameters per page.
 MAX_PAGE_SIZE = 10

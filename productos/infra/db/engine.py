@@ -24,7 +24,7 @@ try:
 except ImportError:  # SQLAlchemy 2.0 names it await_only
     from sqlalchemy.util import await_only as await_
 
-logger = logging.getLogger("productos.db")
+logger = logging.getLogger(__name__)
 
 #: SQLSTATEs of a refused login: invalid_password, invalid_authorization_specification.
 _AUTH_FAILURES = frozenset({"28P01", "28000"})

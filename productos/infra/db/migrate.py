@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -14,7 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.infra.db.engine import transactional
 
-PRODUCTOS_SCRIPT_LOCATION = "productos.infra.db:migrations"
+__all__ = ["Migrations", "alembic_config", "run_migrations", "upgrade_to_head"]
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """A service's Alembic migrations: a ``package:folder`` script location and its own version table.
+
+    Each service keeps its own version table, so several services can share one database.
+    """
+
+    script_location: str
+    version_table: str = "alembic_version"
 
 
 def run_migrations(target_metadata: MetaData | None = None) -> None:
@@ -22,15 +34,16 @@ def run_migrations(target_metadata: MetaData | None = None) -> None:
 
     A service built on productos ships ``<package>/migrations/env.py`` with just::
 
-        from productos.infra.db.migrate import run_migrations
         from mypackage.tables import metadata
+        from productos.migrations import run_migrations
+
         run_migrations(metadata)
     """
     from alembic import context
 
     connection = context.config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("run migrations with `productos migrate` (productos.infra.db.migrate.upgrade_to_head)")
+        raise RuntimeError("run migrations with `productos migrate` (productos.migrations.upgrade_to_head)")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -41,7 +54,7 @@ def run_migrations(target_metadata: MetaData | None = None) -> None:
         context.run_migrations()
 
 
-def alembic_config(script_location: str = PRODUCTOS_SCRIPT_LOCATION, version_table: str = "alembic_version") -> Config:
+def alembic_config(script_location: str, version_table: str = "alembic_version") -> Config:
     """An Alembic config that needs no alembic.ini: works after a non-editable ``pip install``."""
     config = Config()
     config.set_main_option("script_location", script_location)
@@ -52,7 +65,7 @@ def alembic_config(script_location: str = PRODUCTOS_SCRIPT_LOCATION, version_tab
 async def upgrade_to_head(
     engine: AsyncEngine,
     *,
-    script_location: str = PRODUCTOS_SCRIPT_LOCATION,
+    script_location: str,
     version_table: str = "alembic_version",
 ) -> None:
     """Upgrade the database of ``engine`` to the newest revision of ``script_location``.

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import asyncpg
 from sqlalchemy import text
@@ -21,6 +21,7 @@ from productos.infra.db.engine import TRANSACTIONAL_ISOLATION
 _UNAVAILABLE = "database unavailable"
 
 ConnectionT = TypeVar("ConnectionT")
+UnitT = TypeVar("UnitT", bound="UnitOfWorkBase[Any]")
 
 
 #: SQLSTATE classes that mean "the database cannot serve you now", not "your statement is wrong":
@@ -99,9 +100,34 @@ class UnitOfWorkBase(Generic[ConnectionT]):
         self._acquire_timeout = acquire_timeout
         self._conn: ConnectionT | None = None
 
+    @classmethod
+    def factory(cls, engine: AsyncEngine, *, acquire_timeout: float | None = None) -> EngineUnitOfWorkFactory[Self]:
+        """A ``UnitOfWorkFactory`` of this class on ``engine``: ``factory(read_only=True)`` makes a unit.
+
+        Args:
+            engine: the process' engine (``runtime.engine``).
+            acquire_timeout: bound, in seconds, on getting a usable connection (pool wait, pre-ping, login);
+                ``settings.db_pool_timeout`` is the runtime's.
+        """
+        return EngineUnitOfWorkFactory(cls, engine, acquire_timeout=acquire_timeout)
+
     def _bind(self, connection: ConnectionT) -> None:
         """Create this unit's repositories on ``connection``."""
         raise NotImplementedError
+
+
+class EngineUnitOfWorkFactory(Generic[UnitT]):
+    """``UnitOfWorkFactory``: units of one class on one engine, with one acquisition deadline."""
+
+    __slots__ = ("acquire_timeout", "engine", "unit")
+
+    def __init__(self, unit: type[UnitT], engine: AsyncEngine, *, acquire_timeout: float | None = None) -> None:
+        self.unit = unit
+        self.engine = engine
+        self.acquire_timeout = acquire_timeout
+
+    def __call__(self, *, read_only: bool = False, autocommit: bool = False) -> UnitT:
+        return self.unit(self.engine, read_only=read_only, autocommit=autocommit, acquire_timeout=self.acquire_timeout)
 
 
 class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):

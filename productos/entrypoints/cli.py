@@ -1,0 +1,125 @@
+"""The ``productos`` command: serve, migrate, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from productos.domain.errors import ConfigurationError, DatabaseUnavailableError
+
+#: The products service, named by its entry points, never imported: the CLI serves and migrates any service.
+DEFAULT_APP = "productos.main:app"
+DEFAULT_MIGRATIONS = "productos.services.productos:migrations"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {"APP_HOST": args.host, "APP_PORT": args.port, "WORKERS": args.workers}
+    env = {**os.environ, **{k: str(v) for k, v in overrides.items() if v is not None}}
+    if args.reload:
+        import uvicorn
+
+        from productos.observability.logging import logging_config
+        from productos.settings import Settings
+
+        settings = Settings()
+        uvicorn.run(
+            args.app,
+            host=args.host or settings.app_host,
+            port=args.port or settings.app_port,
+            reload=True,
+            log_config=logging_config(settings.log_level),
+            access_log=False,
+        )
+        return 0
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:productos.gunicorn_conf", args.app]
+    os.execve(sys.executable, command, env)  # noqa: S606 - replaces this process with gunicorn
+    return 0  # pragma: no cover
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from productos.infra.db.migrate import upgrade_to_head
+    from productos.runtime.bootstrap import open_engine
+    from productos.runtime.settings_loader import open_settings
+
+    async def run() -> None:
+        # The service's own login path: the secret's rotating credentials or RDS IAM tokens when configured.
+        async with (
+            open_settings() as resolved,
+            open_engine(resolved.settings, aws=resolved.aws, secret=resolved.secret) as engine,
+        ):
+            await upgrade_to_head(engine, script_location=args.script_location, version_table=args.version_table)
+
+    from productos.infra.db.uow import translate_db_errors
+
+    async def guarded() -> None:
+        async with translate_db_errors():
+            await run()
+
+    try:
+        asyncio.run(guarded())
+    except DatabaseUnavailableError:
+        print("cannot reach the database; `productos check` says why", file=sys.stderr)
+        return 1
+    print("database upgraded to head")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from productos.entrypoints.check import run_check
+    from productos.infra.db.migrate import Migrations
+
+    migrations = Migrations(args.script_location, args.version_table)
+    return asyncio.run(run_check(migrations, as_json=args.json, out=sys.stdout))
+
+
+def _migrations_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--script-location",
+        default=DEFAULT_MIGRATIONS,
+        help="the service's migrations, as package:folder (default: the products service's)",
+    )
+    parser.add_argument("--version-table", default="alembic_version", help="that service's Alembic version table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="productos", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service under gunicorn (the tuned configuration)")
+    serve.add_argument("--reload", action="store_true", help="development: one uvicorn process, reload on change")
+    serve.add_argument("--host", help="bind address (APP_HOST)")
+    serve.add_argument("--port", type=int, help="port (APP_PORT)")
+    serve.add_argument("--workers", type=int, help="worker processes (WORKERS)")
+    serve.add_argument("--app", default=DEFAULT_APP, help=f"ASGI app to serve (default {DEFAULT_APP})")
+    serve.set_defaults(handler=_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database to the newest migration")
+    _migrations_arguments(migrate)
+    migrate.set_defaults(handler=_migrate)
+
+    check = commands.add_parser("check", help="diagnose configuration and database reachability")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    _migrations_arguments(check)
+    check.set_defaults(handler=_check)
+
+    from productos.entrypoints.aws_cli import register as register_aws
+
+    register_aws(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ConfigurationError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Composition root: the one place that turns ``Settings`` into adapters.
+
+The container opens in the FastAPI lifespan (in each worker, after gunicorn forks) and closes on shutdown;
+nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from productos.domain.ports import HealthProbe
+from productos.domain.settings_ports import DatabaseCredentialsProvider, SettingsSource
+from productos.infra.aws.clients import AwsClients
+from productos.infra.aws.rds_iam import RdsIamTokenProvider
+from productos.infra.aws.secretsmanager import SecretDatabaseCredentials, SecretsManagerSource, supplies_login
+from productos.infra.db.engine import create_engine
+from productos.infra.db.migrate import Migrations, upgrade_to_head
+from productos.infra.db.uow import SqlAlchemyHealthProbe
+from productos.infra.db.url import parse_database_url
+from productos.observability.publishing import open_metrics_publishing
+from productos.runtime.settings_loader import ResolvedSettings, open_settings
+from productos.settings import Settings
+
+__all__ = ["Runtime", "open_engine", "open_runtime"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runtime:
+    """What every productos service shares, built once per process: settings, engine, health, AWS clients."""
+
+    settings: Settings
+    engine: AsyncEngine
+    health: HealthProbe
+    #: One aioboto3 session and one client per service, shared by every AWS adapter of the process.
+    aws: AwsClients | None = None
+    #: Where each setting came from (``env``, ``ssm:/...``), when the runtime resolved them.
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings | ResolvedSettings | None = None,
+    *,
+    sources: Sequence[SettingsSource] = (),
+    env_file: str | Path | None = ".env",
+    migrations: Sequence[Migrations] = (),
+) -> AsyncIterator[Runtime]:
+    """Create the AWS clients, the engine and the metrics publisher; close them all on exit.
+
+    Args:
+        settings: the service's settings, or settings already resolved by ``open_settings`` (whose AWS clients
+            and cached secret are then reused). When omitted they are resolved here, and the AWS clients that
+            read them stay open for the runtime's life: one session, one client per service, for loading,
+            secret rotation and every other AWS adapter.
+        sources: your own settings sources (when ``settings`` is omitted).
+        env_file: the ``.env`` file (when ``settings`` is omitted).
+        migrations: applied at start when the settings say so (the embedded SQLite database, by default).
+
+    Raises:
+        ConfigurationError: the settings or a source are invalid.
+    """
+    async with AsyncExitStack() as stack:
+        if settings is None:
+            settings = await stack.enter_async_context(open_settings(env_file=env_file, sources=sources))
+        resolved = settings if isinstance(settings, ResolvedSettings) else ResolvedSettings(settings, {})
+        aws = resolved.aws
+        if aws is None:
+            aws = await stack.enter_async_context(AwsClients.from_settings(resolved.settings))
+        engine = await stack.enter_async_context(open_engine(resolved.settings, aws=aws, secret=resolved.secret))
+        if resolved.settings.should_migrate_on_start:
+            for migration in migrations:
+                await upgrade_to_head(
+                    engine, script_location=migration.script_location, version_table=migration.version_table
+                )
+        # PRODUCTOS_METRICS_PUBLISHER: one worker per instance publishes; its final flush precedes disposal.
+        await stack.enter_async_context(open_metrics_publishing(resolved.settings, aws=aws))
+        yield Runtime(
+            settings=resolved.settings,
+            engine=engine,
+            health=SqlAlchemyHealthProbe(engine),
+            aws=aws,
+            sources=resolved.sources,
+        )
+
+
+@asynccontextmanager
+async def open_engine(
+    settings: Settings, *, aws: AwsClients | None = None, secret: SecretsManagerSource | None = None
+) -> AsyncIterator[AsyncEngine]:
+    """The engine, logging new connections in as the settings say; disposed on exit.
+
+    ``DB_IAM_AUTH=true``: a fresh RDS IAM token per new connection. ``PRODUCTOS_SECRET_ID`` whose secret
+    holds ``DATABASE_URL``'s login: the secret's current credentials, refreshed every ``PRODUCTOS_SECRET_TTL``
+    in the background and re-read when the database refuses a login. Otherwise ``DATABASE_URL`` as it is.
+
+    Args:
+        settings: the service's settings.
+        aws: shared AWS clients; opened here (and closed on exit) when needed and not given.
+        secret: the secret already read while loading the settings, so start-up reads it once.
+    """
+    async with AsyncExitStack() as stack:
+        if aws is None and (settings.db_iam_auth or settings.secret_id) and not settings.is_sqlite:
+            aws = await stack.enter_async_context(AwsClients.from_settings(settings))
+        credentials = await _credentials(settings, aws, secret)
+        if isinstance(credentials, SecretDatabaseCredentials):
+            refresher = asyncio.create_task(credentials.source.keep_fresh(), name="productos-secret-refresh")
+            stack.push_async_callback(_cancel, refresher)
+        engine = create_engine(settings, credentials=credentials)
+        stack.push_async_callback(engine.dispose)
+        yield engine
+
+
+async def _credentials(
+    settings: Settings, aws: AwsClients | None, secret: SecretsManagerSource | None
+) -> DatabaseCredentialsProvider | None:
+    if settings.is_sqlite or aws is None:
+        return None
+    target = parse_database_url(settings.database_url.get_secret_value())
+    url = target.url
+    if settings.db_iam_auth:
+        if "ssl" not in target.connect_args:
+            logger.warning("DB_IAM_AUTH=true without sslmode in DATABASE_URL: RDS accepts IAM logins over TLS only")
+        return RdsIamTokenProvider(
+            await aws.client("rds"),
+            host=url.host or "",
+            port=url.port or 5432,
+            user=url.username or "",
+            region=aws.region,
+        )
+    if not settings.secret_id:
+        return None
+    if secret is None:
+        secret = SecretsManagerSource(await aws.client("secretsmanager"), settings.secret_id, ttl=settings.secret_ttl)
+    if not supplies_login(await secret.current(), user=url.username, password=url.password):
+        logger.info(
+            "DATABASE_URL's login is not the secret's: new connections use DATABASE_URL as it is",
+            extra={"secret_id": settings.secret_id},
+        )
+        return None
+    return SecretDatabaseCredentials(secret)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
