@@ -143,7 +143,17 @@ class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):
         # a request fails with 503 after ``acquire_timeout`` instead of after each of those timeouts in turn.
         async with translate_db_errors(), asyncio.timeout(self._acquire_timeout):
             conn = await self._engine.connect()
-        if self._transactional:
+        if self._transactional and conn.dialect.name == "sqlite":
+            # The sqlite3 module's own transactions begin at the first write, so a unit's reads would run
+            # outside them and two read-then-write units could both read the old row (SQLite has no
+            # FOR UPDATE). BEGIN IMMEDIATE takes the write lock first: writers run one after the other.
+            try:
+                async with translate_db_errors():
+                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                await conn.close()
+                raise
+        elif self._transactional:
             # Pooled connections are in autocommit (see engine.POOL_ISOLATION); writes get a real transaction.
             # Setting the level costs no round trip; the pool restores autocommit when the connection returns.
             conn = await conn.execution_options(isolation_level=TRANSACTIONAL_ISOLATION[conn.dialect.name])
