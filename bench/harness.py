@@ -33,6 +33,9 @@ DEEP_ROWS = 1_000_000
 #: The deep page starts after a random id in this range (so about 990,000 rows in).
 DEEP_AFTER = (985_000, 995_000)
 POST_BODY = '{"nombre":"Teclado mecánico","descripcion":"Carga de wrk","precio":49.99,"stock":3}'
+PEDIDO_BODY = '{"producto_id":7,"cantidad":2}'
+#: examples/pedidos, the second service, importable by its gunicorn workers.
+PEDIDOS_DIR = REPO_ROOT / "examples" / "pedidos"
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,8 @@ def get_scenario(key: str, template: str, lo: int = 1, hi: int = 1, note: str = 
     return Scenario(key, ("get", template, str(lo), str(hi)), note)
 
 
-def post_scenario(path: str) -> Scenario:
-    return Scenario("post", ("post", path, POST_BODY))
+def post_scenario(path: str, body: str = POST_BODY) -> Scenario:
+    return Scenario("post", ("post", path, body))
 
 
 #: Scenario keys in report order. ``list_50`` and ``post`` run on the 1,000-row table, the ``*_1m`` on the
@@ -115,7 +118,7 @@ def _keyset(prefix: str = "/productos") -> tuple[tuple[Scenario, ...], tuple[Sce
 
 
 def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Contender]:
-    """The five contenders, by key (a..e)."""
+    """The contenders, by key: a..e, and p (pedidos, the second service on productos)."""
     small, deep = _keyset()
     return {
         "a": Contender(
@@ -152,6 +155,17 @@ def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Cont
             ),
             (),
             deep_all_rows_path="/productos/",
+        ),
+        "p": Contender(
+            "p", "pedidos", "examples/pedidos: a service on productos' public API, SQLAlchemy Core statements",
+            "pedidos.main:app", ("-c", "python:productos.gunicorn_conf"),
+            (
+                get_scenario("get_id", "/pedidos/{n}", 1, SMALL_ROWS),
+                get_scenario("list_50", "/pedidos?limit=50"),
+                post_scenario("/pedidos", PEDIDO_BODY),
+            ),
+            (),
+            env={"WORKERS": str(WORKERS), "PYTHONPATH": str(PEDIDOS_DIR), **(productos_env or {})},
         ),
     }  # fmt: skip
 

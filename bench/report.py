@@ -12,6 +12,8 @@ from bench.harness import SCENARIO_TITLES, SCENARIOS
 README_START = "<!-- bench:results:start -->"
 README_END = "<!-- bench:results:end -->"
 BASELINES = ("b", "c", "d", "e")
+#: Services on productos other than the products API, compared with it (a) and with (c).
+SERVICES = ("p",)
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
@@ -97,6 +99,20 @@ def goals(summary: dict[str, Any], ratio_rows: list[dict[str, Any]], connections
                 "met": cost <= 1.2,
                 "figure": f"first/deep req/s = {first['rps']}/{deep['rps']} = {cost}x",
             })  # fmt: skip
+    for service in SERVICES:
+        theirs = summary.get(service, {})
+        for scenario in ("get_id", "post"):
+            for conc in map(str, connections):
+                s_row = theirs.get(scenario, {}).get(conc)
+                a_row = mine.get(scenario, {}).get(conc)
+                if not (s_row and a_row and a_row["rps"]):
+                    continue
+                ratio = round(s_row["rps"] / a_row["rps"], 2)
+                checks.append({
+                    "goal": f"({service}) >= 0.9x productos (a) on {SCENARIO_TITLES[scenario]} at c{conc}",
+                    "met": ratio >= 0.9,
+                    "figure": f"{service}/a = {s_row['rps']}/{a_row['rps']} = {ratio}",
+                })  # fmt: skip
     return checks
 
 

@@ -49,7 +49,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, help="whole seconds per wrk measurement (default 5; --quick: 1)")
     parser.add_argument("--warmup", type=int, help="whole seconds of wrk warm-up per server start (default 1)")
     parser.add_argument("--connections", default="8,64", help="wrk concurrencies, comma-separated (default 8,64)")
-    parser.add_argument("--contenders", default="abcde", help="which of a..e to run, in this order (default abcde)")
+    parser.add_argument(
+        "--contenders", default="abcdep", help="which of a..e and p (pedidos) to run, in this order (default abcdep)"
+    )
     parser.add_argument(
         "--variant",
         action="append",

@@ -34,6 +34,18 @@ FROM generate_series(1, $1::bigint) AS g
 """
 
 
+#: The orders of examples/pedidos, on the same database: ids 1..N, each naming a product.
+_SEED_PEDIDOS = """
+INSERT INTO pedidos (producto_id, cantidad, estado, created_at, updated_at)
+SELECT (g % 1000) + 1, (g % 9) + 1, 'pendiente',
+       timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second',
+       timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second'
+FROM generate_series(1, $1::bigint) AS g
+"""
+PEDIDOS_ROWS = 1_000
+PEDIDOS_DIR = Path(__file__).resolve().parent.parent / "examples" / "pedidos"
+
+
 def url_for(database: str, admin_url: str = ADMIN_URL) -> str:
     base, _, _ = admin_url.rpartition("/")
     return f"{base}/{database}"
@@ -48,23 +60,28 @@ async def _admin(statement: str, admin_url: str = ADMIN_URL) -> None:
 
 
 def migrate(url: str, workdir: Path) -> None:
-    """Migrate with the shipped command, from a scratch directory (no stray ``.env`` applies)."""
-    subprocess.run(
-        [sys.executable, "-m", "productos", "migrate"],
-        cwd=workdir,
-        env={**os.environ, "DATABASE_URL": url},
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    """Migrate the products and the pedidos services with the shipped command, from a scratch directory (no
+    stray ``.env`` applies)."""
+    pedidos = ["--script-location", "pedidos:migrations", "--version-table", "pedidos_alembic_version"]
+    for extra in ([], pedidos):
+        subprocess.run(
+            [sys.executable, "-m", "productos", "migrate", *extra],
+            cwd=workdir,
+            env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(PEDIDOS_DIR)},
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
 
 async def seed(url: str, rows: int) -> None:
     conn = await asyncpg.connect(url, timeout=5)
     try:
-        await conn.execute("TRUNCATE productos RESTART IDENTITY")
+        await conn.execute("TRUNCATE productos, pedidos RESTART IDENTITY")
         await conn.execute(_SEED, rows)
+        await conn.execute(_SEED_PEDIDOS, PEDIDOS_ROWS)
         await conn.execute("VACUUM ANALYZE productos")
+        await conn.execute("VACUUM ANALYZE pedidos")
     finally:
         await conn.close()
 
@@ -74,7 +91,9 @@ async def reset(url: str, rows: int) -> None:
     conn = await asyncpg.connect(url, timeout=5)
     try:
         await conn.execute("DELETE FROM productos WHERE id > $1", rows)
+        await conn.execute("DELETE FROM pedidos WHERE id > $1", PEDIDOS_ROWS)
         await conn.execute("VACUUM ANALYZE productos")
+        await conn.execute("VACUUM ANALYZE pedidos")
     finally:
         await conn.close()
 

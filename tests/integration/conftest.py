@@ -4,6 +4,9 @@ moto: one ``ThreadedMotoServer`` on 127.0.0.1 (a free port) for the session; ``a
 through the standard variables (``AWS_ENDPOINT_URL``, fake credentials, ``AWS_REGION``) and resets its state.
 Tests seed it with boto3 (``aws.ssm``, ``aws.secretsmanager``); productos reads it through aioboto3.
 
+Server processes: ``workdir`` and ``database_url`` give a module a scratch directory and a migrated PostgreSQL
+database of its own; ``tests.integration.servers.Gunicorn`` starts gunicorn there.
+
 PostgreSQL: the server of the other suites trusts local connections, so ``password_cluster`` creates a cluster
 of its own with ``pg_createcluster`` (scram-sha-256 over TCP, trust over the Unix socket for administration),
 on a free port, started with ``pg_ctlcluster``; it drops it at the end, and drops clusters left over by
@@ -17,7 +20,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -31,16 +33,25 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from productos.settings import env_names
+from tests.integration.pg import scratch_database
+from tests.integration.tcp_proxy import free_port as free_port  # re-exported: the settings tests import it here
 
 REGION = "us-east-1"
 CLUSTER_PREFIX = "productos_pw_"
 SOCKET_DIR = "/var/run/postgresql"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A scratch directory for the module's server processes (their working directory and log files)."""
+    return tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+
+
+@pytest.fixture(scope="module")
+def database_url(workdir: Path) -> Iterator[str]:
+    """A PostgreSQL database of the module's own, migrated with ``productos migrate``; dropped at the end."""
+    with scratch_database(workdir) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,6 @@ import pytest
 from tests.integration.aws_fakes import AwsProxy, FakeImds, imds_values
 from tests.integration.cloudwatch_reads import cloudwatch, statistics
 from tests.integration.conftest import moto_post
-from tests.integration.pg import scratch_database
 from tests.integration.servers import Gunicorn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -38,17 +37,6 @@ INSTANCE = "i-0fedcba9876543210"
 ASG = (("AutoScalingGroupName", ASG_NAME),)
 PER_INSTANCE = (("AutoScalingGroupName", ASG_NAME), ("InstanceId", INSTANCE))
 METRICS = {"DBPoolUtilization", "DBConnectionsInUse", "DBQueryTime", "RequestLatency", "RequestCount"}
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cloudwatch")
-
-
-@pytest.fixture(scope="module")
-def database_url(workdir: Path) -> Iterator[str]:
-    with scratch_database(workdir) as url:
-        yield url
 
 
 @dataclass
@@ -255,10 +243,8 @@ async def test_the_last_step_is_flushed_on_shutdown(site: Site) -> None:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
             for _ in range(15):
                 assert (await client.get("/productos")).status_code == 200
-        server.terminate()
         started = time.monotonic()
-        assert server.process is not None
-        await asyncio.to_thread(server.process.wait, 30)
+        await asyncio.to_thread(server.stop, 30)
         stopped_in = time.monotonic() - started
     metrics_lines = [line for line in server.output().splitlines() if "metric" in line.lower()]
     assert site.stats("RequestCount")["Sum"] == 15, metrics_lines
@@ -281,10 +267,8 @@ async def test_cloudwatch_hanging_slows_no_request_and_shutdown_stays_bounded(si
                 timings.append(time.perf_counter() - started)
                 await asyncio.sleep(0.02)
         attempts = [c for c in site.proxy.calls if c.at >= hung_at]
-        server.terminate()
         started = time.monotonic()
-        assert server.process is not None
-        await asyncio.to_thread(server.process.wait, 30)
+        await asyncio.to_thread(server.stop, 30)
         stopped_in = time.monotonic() - started
     # The publisher kept trying (its calls hang in the proxy) ...
     assert site.proxy.of("PutMetricData", since=hung_at) == [] and attempts == []
@@ -303,9 +287,7 @@ def test_emf_lines_on_stdout_one_document_per_step(site: Site) -> None:
             for _ in range(12):
                 assert client.get("/productos").status_code == 200
         time.sleep(2.5)
-        server.terminate()
-        assert server.process is not None
-        server.process.wait(30)
+        server.stop(30)
     documents = [json.loads(line) for line in server.output().splitlines() if line.startswith('{"_aws"')]
     assert documents, server.output()[-2000:]
     stamps = [d["_aws"]["Timestamp"] for d in documents]

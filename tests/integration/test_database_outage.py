@@ -4,14 +4,12 @@ and recovers by itself when it comes back. A TCP proxy in front of PostgreSQL pl
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.integration.pg import scratch_database
 from tests.integration.servers import Gunicorn
 from tests.integration.tcp_proxy import ControllableProxy
 
@@ -19,17 +17,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 #: The ALB's health check times out after 5 s; every answer must come sooner.
 ALB_TIMEOUT = 5.0
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("outage")
-
-
-@pytest.fixture(scope="module")
-def database_url(workdir: Path) -> Iterator[str]:
-    with scratch_database(workdir) as url:
-        yield url
 
 
 def _timed_get(client: httpx.Client, path: str) -> tuple[httpx.Response, float]:
@@ -90,7 +77,7 @@ def test_boot_without_database_then_down_hang_and_recover(workdir: Path, databas
             _wait_for(client, "/health", 200, within=10)
             for _ in range(10):
                 assert client.get(item).status_code == 200
-        assert server.process is not None and server.process.returncode == 0, server.output()
+        assert server.returncode == 0, server.output()
     output = server.output()
     assert "s3cr3t" not in output
     assert "Traceback" not in output

@@ -8,28 +8,15 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from tests.integration.pg import scratch_database
 from tests.integration.servers import PLAIN, TUNED, Gunicorn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("gunicorn")
-
-
-@pytest.fixture(scope="module")
-def database_url(workdir: Path) -> Iterator[str]:
-    with scratch_database(workdir) as url:
-        yield url
 
 
 def _crud_roundtrip(base_url: str) -> None:
@@ -96,8 +83,7 @@ async def test_sigterm_lets_in_flight_requests_finish(workdir: Path, database_ur
             responses = await asyncio.gather(*in_flight)
         assert [r.status_code for r in responses] == [200] * 10
         assert sorted(r.json()["version"] for r in responses) == list(range(2, 12))
-        assert server.process is not None
-        assert await asyncio.to_thread(server.process.wait, 30) == 0
+        assert await asyncio.to_thread(server.wait, 30) == 0
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.base_url}/health/live", timeout=2)
     assert "Shutting down" in server.output()

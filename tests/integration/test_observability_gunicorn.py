@@ -15,12 +15,10 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,26 +33,13 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import HistogramDataPoint
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.pg import scratch_database
-from tests.integration.servers import TUNED, Gunicorn
-from tests.integration.tcp_proxy import free_port
+from tests.integration.servers import Gunicorn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 ROUTE = "/productos/{producto_id}"
 ACTIVE = "http_server_active_requests"
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("observability")
-
-
-@pytest.fixture(scope="module")
-def database_url(workdir: Path) -> Iterator[str]:
-    with scratch_database(workdir) as url:
-        yield url
 
 
 def log_lines(server: Gunicorn) -> list[dict[str, Any]]:
@@ -100,7 +85,7 @@ def started_workers(server: Gunicorn) -> set[int]:
     return {
         line["pid"]
         for line in log_lines(server)
-        if line.get("logger") == "productos.app" and line["message"] == "started"
+        if line.get("logger") == "productos.runtime.service" and line["message"] == "started"
     }
 
 
@@ -368,22 +353,9 @@ def test_access_line_spans_and_metrics_share_one_trace_id(workdir: Path, databas
 
 def test_gunicorn_and_uvicorn_write_json_lines_even_when_the_app_cannot_start(workdir: Path) -> None:
     """uvicorn's first lines and a failed startup's traceback are JSON too, not Python's plain last resort."""
-    env = {
-        **os.environ,
-        "APP_HOST": "127.0.0.1",
-        "APP_PORT": str(free_port()),
-        "WORKERS": "1",
-        "DATABASE_URL": "oracle://nobody@nowhere/productos",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", *TUNED, "productos.main:app"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    output = (result.stdout + result.stderr).decode()
+    server = Gunicorn(workdir, {"DATABASE_URL": "oracle://nobody@nowhere/productos"}, workers=1)
+    assert server.run(timeout=60) != 0
+    output = server.log_path.read_bytes().decode()  # strictly: every byte written is UTF-8
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]  # every line parses
     messages = {line["message"] for line in lines}
     assert {"Starting gunicorn", "Application startup failed. Exiting."} <= {m.split(" 2")[0] for m in messages}

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.pg import scratch_database
 from tests.integration.servers import Gunicorn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -20,22 +18,21 @@ PEDIDOS = Path(__file__).resolve().parents[2] / "examples" / "pedidos"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    workdir = tmp_path_factory.mktemp("pedidos")
-    with scratch_database(workdir) as url:
-        env = {"DATABASE_URL": url, "PYTHONPATH": str(PEDIDOS)}
-        migrate = [
-            sys.executable,
-            "-m",
-            "productos",
-            "migrate",
-            "--script-location",
-            "pedidos:migrations",
-            "--version-table",
-            "pedidos_alembic_version",
-        ]
-        subprocess.run(migrate, cwd=workdir, env={**os.environ, **env}, check=True, capture_output=True)
-        yield env
+def env(workdir: Path, database_url: str) -> dict[str, str]:
+    """The module's database (products migrated), with the pedidos tables migrated beside them."""
+    env = {"DATABASE_URL": database_url, "PYTHONPATH": str(PEDIDOS)}
+    migrate = [
+        sys.executable,
+        "-m",
+        "productos",
+        "migrate",
+        "--script-location",
+        "pedidos:migrations",
+        "--version-table",
+        "pedidos_alembic_version",
+    ]
+    subprocess.run(migrate, cwd=workdir, env={**os.environ, **env}, check=True, capture_output=True)
+    return env
 
 
 def test_pedidos_crud_health_and_metrics_under_gunicorn(tmp_path: Path, env: dict[str, str]) -> None:

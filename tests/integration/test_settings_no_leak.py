@@ -85,9 +85,7 @@ async def test_a_served_run_prints_no_secret(aws: Aws, scratch_database: str, tm
             assert (await client.post("/productos", json={"nombre": ""})).status_code == 422
             assert (await client.get("/metrics")).status_code == 200
             assert (await client.get("/")).status_code == 200
-        server.terminate()
-        assert server.process is not None
-        server.process.wait(40)
+        server.stop(40)
     served = server.output() + "\n".join(bodies)
     assert '"message": "settings loaded"' in served  # debug logging was on: there was output to search
     assert "API_KEY" in served  # the unknown key is named, its value is not
@@ -121,25 +119,32 @@ def test_failed_runs_print_no_secret(aws: Aws, tmp_path: Path, secret: str, runs
     script += (
         "async def main():\n    async with open_runtime(migrations=[MIGRATIONS]):\n        pass\nasyncio.run(main())\n"
     )
+    # All in the service's environment (its APP_PORT, WORKERS...), started at once, the service first.
     server = Gunicorn(tmp_path, env, workers=1)
+    if "gunicorn" in runs:
+        server.start()
     commands = {
-        "gunicorn": server.command,
         "program": [sys.executable, "-c", script],
         "check": [sys.executable, "-m", "productos", "check"],
     }
-    commands = {name: command for name, command in commands.items() if name in runs}
     processes = {
         name: subprocess.Popen(
             command, cwd=tmp_path, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         for name, command in commands.items()
+        if name in runs
     }
     outputs = {}
     try:
+        if "gunicorn" in runs:
+            status = server.wait(90)
+            outputs["gunicorn"] = server.output()
+            assert status != 0, f"gunicorn succeeded:\n{outputs['gunicorn']}"
         for name, process in processes.items():
             outputs[name] = process.communicate(timeout=90)[0]
             assert process.returncode != 0, f"{name} succeeded:\n{outputs[name]}"
     finally:
+        server.kill()
         for process in processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
@@ -173,9 +178,7 @@ async def test_a_refused_login_prints_no_secret(aws: Aws, password_cluster: Pass
                 except httpx.TransportError:
                     statuses.append(0)
             assert 200 not in statuses
-        server.terminate()
-        assert server.process is not None
-        server.process.wait(40)
+        server.stop(40)
     check = run([sys.executable, "-m", "productos", "check"], tmp_path, env)
     assert check.returncode != 0
     text = server.output() + check.stdout + check.stderr + "\n".join(bodies)
