@@ -106,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check)
 
     from productos.entrypoints.aws_cli import register as register_aws
+    from productos.entrypoints.new import register as register_new
 
     register_aws(commands)
+    register_new(commands)
     return parser
 
 
