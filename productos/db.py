@@ -1,9 +1,16 @@
 """The database toolkit a service's repositories build on.
 
-- Units of work: ``SqlAlchemyUnitOfWorkBase`` (SQLAlchemy Core on any engine) and ``DriverUnitOfWorkBase``
-  (SQL on the pooled asyncpg connection, PostgreSQL): one connection per unit, one transaction for writes,
-  ``read_only`` and ``autocommit`` units in a single round trip, deadlines on getting a connection, and driver
-  errors translated into domain errors (``ConflictError``, ``DatabaseUnavailableError``).
+- ``SqlUnitOfWork`` and ``SqlConnection``: repositories write SQLAlchemy Core statements once (at module level,
+  or from a cached builder) with ``bindparam()`` for the values, and run them with ``fetch_one``,
+  ``fetch_all``, ``fetch_value`` and ``execute``. On PostgreSQL each statement is compiled once per shape and
+  runs on the pooled asyncpg connection, at raw asyncpg speed; on the embedded SQLite default SQLAlchemy runs
+  it. A statement built anew on every call works too, at about SQLAlchemy Core's cost (it pays SQLAlchemy's
+  cache key each time). ``docs/architecture.md`` lists what the fast path does not cover.
+- Every unit: one connection, one transaction for writes, ``read_only`` and ``autocommit`` units in a single
+  round trip, one deadline on getting a connection, driver errors translated into domain errors
+  (``ConflictError``, ``DatabaseUnavailableError``); ``MyUnitOfWork.factory(engine)`` makes them.
+- Lower level: ``SqlAlchemyUnitOfWorkBase`` (an ``AsyncConnection``) and ``DriverUnitOfWorkBase`` (a
+  ``DriverConnection``, asyncpg's SQL text) for what Core statements do not express.
 - Column types that mean the same on every backend: ``UtcDateTime``, ``Money``.
 - ``translate_db_errors``: the same translation, around anything else a repository runs.
 
@@ -11,6 +18,7 @@ Every statement is timed (``db.client.operation.duration``) and traced by the ru
 """
 
 from productos.infra.db.driver import DriverConnection, DriverUnitOfWorkBase, supports_driver_statements
+from productos.infra.db.statements import SqlConnection, SqlRow, SqlUnitOfWork
 from productos.infra.db.types import Money, UtcDateTime
 from productos.infra.db.uow import (
     EngineUnitOfWorkFactory,
@@ -26,6 +34,9 @@ __all__ = [
     "Money",
     "SqlAlchemyHealthProbe",
     "SqlAlchemyUnitOfWorkBase",
+    "SqlConnection",
+    "SqlRow",
+    "SqlUnitOfWork",
     "UtcDateTime",
     "supports_driver_statements",
     "translate_db_errors",

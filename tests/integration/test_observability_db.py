@@ -23,11 +23,10 @@ from productos.infra.db.engine import create_engine
 from productos.observability.db import instrument_engine
 from productos.observability.metrics import Metrics
 from productos.observability.tracing import Tracing
-from productos.services.productos.asyncpg_repository import AsyncpgUnitOfWorkFactory
 from productos.services.productos.domain import NewProducto, ProductoPatch
-from productos.services.productos.repository import SqlAlchemyUnitOfWorkFactory
 from productos.services.productos.service import ProductoService
 from tests.conftest import make_settings
+from tests.integration.unit_paths import PATHS, Factory
 
 pytestmark = pytest.mark.postgres
 
@@ -153,13 +152,9 @@ def operations(metrics: Metrics) -> dict[str, float]:
     return counts
 
 
-@pytest.mark.parametrize(
-    "factory",
-    [SqlAlchemyUnitOfWorkFactory, AsyncpgUnitOfWorkFactory],
-    ids=["sqlalchemy-core", "asyncpg-driver"],
-)
+@pytest.mark.parametrize("factory", [path for path, _ in PATHS], ids=[name for _, name in PATHS])
 async def test_queries_are_timed_by_operation_and_traced_under_the_request(
-    clean_postgres: str, factory: type[SqlAlchemyUnitOfWorkFactory | AsyncpgUnitOfWorkFactory]
+    clean_postgres: str, factory: Factory
 ) -> None:
     engine = create_engine(make_settings(clean_postgres))
     metrics = Metrics()

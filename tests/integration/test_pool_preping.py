@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
 
 from productos.domain.errors import DatabaseUnavailableError
 from productos.infra.db.engine import create_engine
-from productos.services.productos.asyncpg_repository import AsyncpgUnitOfWorkFactory
 from productos.services.productos.domain import NewProducto
-from productos.services.productos.repository import SqlAlchemyUnitOfWorkFactory
 from tests.conftest import make_settings
+from tests.integration.unit_paths import PATHS, Factory
 
 pytestmark = pytest.mark.postgres
 
@@ -33,18 +33,13 @@ async def _terminate_our_backends(postgres_url: str) -> int:
         await conn.close()
 
 
-Factory = SqlAlchemyUnitOfWorkFactory | AsyncpgUnitOfWorkFactory
+@pytest.fixture(params=[path for path, _ in PATHS], ids=[name for _, name in PATHS])
+def factory_class(request: pytest.FixtureRequest) -> Factory:
+    made: Factory = request.param
+    return made
 
 
-@pytest.fixture(
-    params=[SqlAlchemyUnitOfWorkFactory, AsyncpgUnitOfWorkFactory], ids=["sqlalchemy-core", "asyncpg-driver"]
-)
-def factory_class(request: pytest.FixtureRequest) -> type[Factory]:
-    cls: type[Factory] = request.param
-    return cls
-
-
-async def _factory(postgres_url: str, idle: float, factory_class: type[Factory]) -> tuple[list[str], Factory]:
+async def _factory(postgres_url: str, idle: float, factory_class: Factory) -> tuple[list[str], Any]:
     engine = create_engine(make_settings(postgres_url, db_pool_pre_ping_idle=idle, service_name=APPLICATION))
     pings: list[str] = []
 
@@ -58,7 +53,7 @@ async def _factory(postgres_url: str, idle: float, factory_class: type[Factory])
     return pings, factory_class(engine)
 
 
-async def test_busy_connections_are_not_pinged_idle_ones_are(clean_postgres: str, factory_class: type[Factory]) -> None:
+async def test_busy_connections_are_not_pinged_idle_ones_are(clean_postgres: str, factory_class: Factory) -> None:
     pings, factory = await _factory(clean_postgres, idle=0.5, factory_class=factory_class)
     try:
         async with factory() as uow:
@@ -77,7 +72,7 @@ async def test_busy_connections_are_not_pinged_idle_ones_are(clean_postgres: str
 
 
 async def test_a_stale_idle_connection_is_replaced_without_an_error(
-    clean_postgres: str, factory_class: type[Factory]
+    clean_postgres: str, factory_class: Factory
 ) -> None:
     _, factory = await _factory(clean_postgres, idle=0.2, factory_class=factory_class)
     try:
@@ -92,7 +87,7 @@ async def test_a_stale_idle_connection_is_replaced_without_an_error(
 
 
 async def test_connections_killed_while_busy_fail_once_then_the_pool_recovers(
-    clean_postgres: str, factory_class: type[Factory]
+    clean_postgres: str, factory_class: Factory
 ) -> None:
     _, factory = await _factory(clean_postgres, idle=3600, factory_class=factory_class)
 

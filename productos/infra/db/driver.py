@@ -63,7 +63,11 @@ def supports_driver_statements(engine: AsyncEngine) -> bool:
 
 
 def _server_gone(exc: BaseException) -> bool:
-    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError):
+    # InternalClientError: the connection's protocol is in a state it cannot leave ("cannot switch to state
+    # 12"), as when a statement races the server's goodbye on a terminated backend.
+    if isinstance(
+        exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | asyncpg.InternalClientError | OSError
+    ):
         return True
     return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _SERVER_GONE
 

@@ -31,7 +31,7 @@ _UNAVAILABLE_SQLSTATES = ("08", "28", "53", "57P", "58")
 
 
 #: The driver's own errors, which say what happened (its SQLSTATE, a refused socket).
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 
 
 def _driver_error(exc: BaseException) -> BaseException:
@@ -53,7 +53,8 @@ def _is_connectivity_error(exc: BaseException, driver: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    if isinstance(driver, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(driver, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError):
+        # InternalClientError: a connection its shutdown left unusable ("cannot switch to state 12").
         return True
     if isinstance(driver, asyncpg.PostgresConnectionError | asyncpg.QueryCanceledError):
         return True

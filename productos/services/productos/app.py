@@ -10,13 +10,11 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from productos.db import supports_driver_statements
 from productos.domain import UnitOfWorkFactory
 from productos.migrations import Migrations
 from productos.runtime import Runtime, create_service
-from productos.services.productos.asyncpg_repository import AsyncpgUnitOfWorkFactory
 from productos.services.productos.ports import ProductosUnitOfWork
-from productos.services.productos.repository import SqlAlchemyUnitOfWorkFactory
+from productos.services.productos.repository import SqlProductosUnitOfWork
 from productos.services.productos.routes import SERVICE_STATE_KEY, router
 from productos.services.productos.service import ProductoService
 from productos.settings import Settings
@@ -30,16 +28,14 @@ MIGRATIONS = Migrations("productos.services.productos:migrations")
 def unit_of_work_factory(
     engine: AsyncEngine, *, acquire_timeout: float | None = None
 ) -> UnitOfWorkFactory[ProductosUnitOfWork]:
-    """The products repository for ``engine``: SQL on the pooled asyncpg connection for PostgreSQL, SQLAlchemy
-    Core elsewhere (the embedded SQLite default).
+    """The products units of work on ``engine`` (statements on the pooled asyncpg connection for PostgreSQL,
+    through SQLAlchemy on the embedded SQLite default).
 
     Args:
         engine: the process' engine.
         acquire_timeout: bound, in seconds, on getting a usable connection (pool wait, pre-ping, login).
     """
-    if supports_driver_statements(engine):
-        return AsyncpgUnitOfWorkFactory(engine, acquire_timeout=acquire_timeout)
-    return SqlAlchemyUnitOfWorkFactory(engine, acquire_timeout=acquire_timeout)
+    return SqlProductosUnitOfWork.factory(engine, acquire_timeout=acquire_timeout)
 
 
 def productos_state(runtime: Runtime) -> dict[str, Any]:
