@@ -10,8 +10,9 @@ statements in a row on a connection it holds:
 - (b) ``productos.infra.db.statements`` on a ``DriverConnection``: the Core statement, a parameter dict, rows
   mapped with the columns' types (``UtcDateTime``, ``Money``);
 - (c) SQLAlchemy Core: ``AsyncConnection.execute(statement, params).first()``;
-- (d) hand-written SQL on the driver connection (the products service before the toolkit): ``DriverConnection.fetchrow``,
-  records as they come; (b) over (d) is what the statements and the row mapping add to the driver connection.
+- (d) hand-written SQL on the driver connection (the products service before the toolkit):
+  ``DriverConnection.fetchrow``, records as they come; (b) over (d) is what the statements and the row
+  mapping add to the driver connection.
 
 Scenarios: SELECT by primary key, INSERT ... RETURNING of the 8 columns, each with the statement declared once;
 then the same two built anew on every call (``select(...).where(t.c.id == i)``, ``insert().values(**row)``),

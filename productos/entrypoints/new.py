@@ -40,10 +40,10 @@ def _check_name(name: str, entity: str) -> str | None:
     for label, value in (("NAME", name), ("--entity", entity)):
         if not _NAME.match(value) or keyword.iskeyword(value):
             return f"{label} {value!r} must be a lowercase Python identifier (letters, digits, _), 2 to 41 long"
-    if name == entity:
-        return f"NAME {name!r} and its entity name are the same: pass --entity (e.g. --entity {name}_item)"
     if importlib.util.find_spec(name) is not None:
         return f"NAME {name!r} is already an importable module here: the new package would shadow it"
+    if name == entity:
+        return f"NAME {name!r} and its entity name are the same: pass --entity (e.g. --entity {name}_item)"
     return None
 
 
@@ -75,10 +75,27 @@ def render_service(name: str, target: Path, *, entity: str | None = None) -> lis
         text = source.read_text(encoding="utf-8")
         for token, value in tokens.items():
             text = text.replace(token, value)
+        if destination.suffix == ".py":
+            text = _sort_imported_names(text, name)
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_text(text, encoding="utf-8")
         written.append(destination)
     return written
+
+
+def _sort_imported_names(text: str, package: str) -> str:
+    """Sort the names of ``from <package>... import a, b`` lines as isort's order-by-type does (constants,
+    classes, then functions), since the entity's name decides their order and linters check it."""
+
+    def order(name: str) -> tuple[int, str]:
+        return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        head, sep, names = line.partition(" import ")
+        if sep and (head == f"from {package}" or head.startswith(f"from {package}.")) and "(" not in names:
+            lines[index] = f"{head} import {', '.join(sorted(names.split(', '), key=order))}"
+    return "\n".join(lines)
 
 
 def _templates(folder: Traversable, relative: Path) -> list[tuple[Traversable, Path]]:

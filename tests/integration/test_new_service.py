@@ -98,7 +98,7 @@ def test_new_refuses_names_that_cannot_be_a_package(tmp_path: Path) -> None:
     for name, problem in [
         ("Facturas", "lowercase Python identifier"),
         ("class", "lowercase Python identifier"),
-        ("json", "already an importable module"),
+        ("asyncio", "already an importable module"),
     ]:
         with pytest.raises(ValueError, match=problem):
             render_service(name, tmp_path / name)
