@@ -24,6 +24,7 @@ import sys
 from typing import Any, TextIO
 
 from productos.domain.errors import ConfigurationError
+from productos.infra.aws.clients import describe_aws_failure
 
 COMMANDS = {
     "scaling-policies": "target-tracking policies: CPU 70 %, ALB requests per target 1000, DB pool 80 %",
@@ -121,6 +122,15 @@ async def run(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+#: What each command applies, and the IAM permission it needs, for failure messages.
+_APPLIED = {
+    "scaling-policies": ("the scaling policies", "autoscaling:PutScalingPolicy"),
+    "alarms": ("the alarms", "cloudwatch:PutMetricAlarm"),
+    "dashboard": ("the dashboard", "cloudwatch:PutDashboard"),
+}
+_SETTING = "the AWS credentials and AWS_REGION"
+
+
 async def _apply(aws: Any, command: str, requests: Any, err: TextIO) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -143,13 +153,9 @@ async def _apply(aws: Any, command: str, requests: Any, err: TextIO) -> None:
             for problem in answer.get("DashboardValidationMessages", []):
                 print(f"dashboard: {problem.get('DataPath', '')}: {problem.get('Message', '')}", file=err)
             print(f"applied dashboard {requests['DashboardName']}", file=err)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise ConfigurationError(
-            f"AWS refused {exc.operation_name}: {error.get('Code', 'Unknown')}: {error.get('Message', '')}"
-        ) from exc
-    except BotoCoreError as exc:
-        raise ConfigurationError(f"cannot reach AWS ({type(exc).__name__}): check AWS_REGION and credentials") from exc
+    except (ClientError, BotoCoreError) as exc:
+        what, permission = _APPLIED[command]
+        raise describe_aws_failure(exc, what=what, setting=_SETTING, permission=permission, action="apply") from exc
 
 
 async def _load_balancer(aws: Any, value: str) -> str:
@@ -162,7 +168,10 @@ async def _load_balancer(aws: Any, value: str) -> str:
     try:
         found = await elbv2.describe_load_balancers(Names=[value])
     except Exception as exc:
-        raise ConfigurationError(f"cannot find the load balancer {value!r} ({_code(exc)})") from exc
+        what = f"the load balancer {value!r}"
+        raise describe_aws_failure(
+            exc, what=what, setting="--alb", permission="elasticloadbalancing:DescribeLoadBalancers", action="find"
+        ) from exc
     return str(found["LoadBalancers"][0]["LoadBalancerArn"]).split(":loadbalancer/", 1)[-1]
 
 
@@ -176,12 +185,12 @@ async def _target_group(aws: Any, value: str) -> str:
     try:
         found = await elbv2.describe_target_groups(Names=[value])
     except Exception as exc:
-        raise ConfigurationError(f"cannot find the target group {value!r} ({_code(exc)})") from exc
+        what = f"the target group {value!r}"
+        raise describe_aws_failure(
+            exc,
+            what=what,
+            setting="--target-group",
+            permission="elasticloadbalancing:DescribeTargetGroups",
+            action="find",
+        ) from exc
     return "targetgroup/" + str(found["TargetGroups"][0]["TargetGroupArn"]).split(":targetgroup/", 1)[-1]
-
-
-def _code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", type(exc).__name__))
-    return type(exc).__name__

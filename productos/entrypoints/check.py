@@ -149,6 +149,15 @@ async def _database_steps(resolved: ResolvedSettings, target: DatabaseTarget, mi
 
 async def _sqlite_steps(resolved: ResolvedSettings, target: DatabaseTarget, migrations: Migrations) -> list[Step]:
     database = target.url.database
+    if database and database != ":memory:" and resolved.settings.should_migrate_on_start:
+        path = await asyncio.to_thread(lambda: Path(database).resolve())
+        if not await asyncio.to_thread(path.exists):
+            # A first run of the embedded default: opening it here would create an empty file.
+            detail = f"{path} does not exist yet: `productos serve` creates it and applies the migrations at start"
+            folder_ok = await asyncio.to_thread(lambda: path.parent.is_dir() and os.access(path.parent, os.W_OK))
+            if folder_ok:
+                return [Step("file", True, detail)]
+            return [Step("file", False, f"{path.parent} is missing or not writable", hint="create the folder")]
     if database and database != ":memory:":
         folder = await asyncio.to_thread(lambda: Path(database).resolve().parent)
         if not await asyncio.to_thread(lambda: folder.is_dir() and os.access(folder, os.W_OK)):
@@ -208,6 +217,8 @@ async def _engine_steps(resolved: ResolvedSettings, migrations: Migrations) -> l
             head = ScriptDirectory.from_config(config).get_current_head()
             options = {"version_table": migrations.version_table}
             current = await conn.run_sync(lambda c: MigrationContext.configure(c, opts=options).get_current_revision())
+            if current != head and settings.is_sqlite and settings.should_migrate_on_start:
+                return f"schema at {current or 'nothing'}: `productos serve` migrates it to {head} at start"
             if current != head:
                 raise RuntimeError(f"schema at {current or 'nothing'}, newest is {head}")
             return f"migrations at head ({head})"
@@ -235,7 +246,7 @@ async def run_check(migrations: Migrations, *, as_json: bool = False, out: TextI
         except ConfigurationError as exc:
             report = {"verdict": "invalid configuration", "error": str(exc)}
             out.write(json.dumps(report) + "\n" if as_json else f"configuration: FAILED\n  {exc}\n")
-            return 2
+            return 3  # the CLI's configuration-error exit code
         settings_ms = round((time.perf_counter() - started) * 1000, 1)
         steps = [step for step in [_remote_step(resolved, settings_ms)] if step is not None]
         try:

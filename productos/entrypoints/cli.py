@@ -1,4 +1,7 @@
-"""The ``productos`` command: serve, migrate, check."""
+"""The ``productos`` command: serve, migrate, check, aws, new.
+
+Exit codes: 0 done, 1 failed (a check, a migration, an AWS request), 2 usage error, 3 configuration error.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,16 @@ import sys
 from collections.abc import Sequence
 
 from productos.domain.errors import ConfigurationError, DatabaseUnavailableError
+from productos.version import __version__
+
+#: Exit codes, as documented in the README and in ``productos --help``.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIGURATION = 0, 1, 2, 3
+
+_DESCRIPTION = "Run and operate FastAPI services built on the productos library."
+_EPILOG = """\
+exit codes: 0 done, 1 failed (a check, a migration, an AWS request), 2 usage error, 3 configuration error.
+Run `productos COMMAND --help` for a command's options.
+"""
 
 #: The products service, named by its entry points, never imported: the CLI serves and migrates any service.
 DEFAULT_APP = "productos.main:app"
@@ -60,11 +73,15 @@ def _migrate(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(guarded())
-    except DatabaseUnavailableError:
-        print("cannot reach the database; `productos check` says why", file=sys.stderr)
-        return 1
+    except DatabaseUnavailableError as exc:
+        cause = f" ({exc.reason})" if exc.reason else ""
+        print(
+            f"cannot reach the database{cause}; hint: `productos check` shows the DNS, TCP and login steps",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     print("database upgraded to head")
-    return 0
+    return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -85,8 +102,14 @@ def _migrations_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="productos", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="productos",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"productos {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     serve = commands.add_parser("serve", help="run the service under gunicorn (the tuned configuration)")
     serve.add_argument("--reload", action="store_true", help="development: one uvicorn process, reload on change")
@@ -114,12 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` (default: ``sys.argv[1:]``); its exit code. Usage errors exit 2 (argparse)."""
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
     except ConfigurationError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIGURATION
     return code
 
 

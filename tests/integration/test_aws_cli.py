@@ -247,5 +247,22 @@ def test_a_missing_asg_name_is_a_configuration_error() -> None:
         [sys.executable, "-m", "productos", "aws", "scaling-policies"],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert "--asg-name" in done.stderr
+
+
+def test_apply_without_credentials_names_the_cause_and_the_fix() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k in {"AWS_ENDPOINT_URL"}}
+    env.update(
+        AWS_REGION="us-east-1",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+        AWS_CONFIG_FILE="/nonexistent",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "productos", "aws", "scaling-policies", "--asg-name", "g", "--apply"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "cannot apply the scaling policies" in done.stderr and "no AWS credentials" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -110,7 +110,7 @@ def test_unknown_role_is_a_login_failure_with_a_hint(tmp_path: Path) -> None:
 
 def test_unescaped_password_is_a_clear_configuration_error(tmp_path: Path) -> None:
     result = _check(tmp_path, f"postgresql://postgres:{SECRET}@127.0.0.1:5432/test")
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "DATABASE_URL" in result.stdout and "URL-escape" in result.stdout
     assert "Traceback" not in result.stderr
     assert "pa55" not in result.stdout + result.stderr
@@ -129,10 +129,30 @@ def test_embedded_default_passes(tmp_path: Path) -> None:
     assert "migrations at head" in result.stdout
 
 
-def test_invalid_setting_exits_2_and_names_it(tmp_path: Path) -> None:
+def test_invalid_setting_exits_3_and_names_it(tmp_path: Path) -> None:
     env = {**os.environ, "DB_POOL_SIZE": "lots", "DATABASE_URL": "sqlite:///./x.db"}
     result = subprocess.run(
         [sys.executable, "-m", "productos", "check"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "DB_POOL_SIZE" in result.stdout + result.stderr
+
+
+def test_a_first_run_of_the_embedded_default_says_what_serve_will_do(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "productos", "check"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "does not exist yet: `productos serve` creates it and applies the migrations" in result.stdout
+    assert "schema at nothing" not in result.stdout
+    assert not (tmp_path / "productos.db").exists()  # check never creates the database it inspects
+
+
+def test_a_failed_migration_names_its_cause_and_a_hint(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/test", "DB_CONNECT_TIMEOUT": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "productos", "migrate"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "cannot reach the database (" in result.stderr and "hint: `productos check`" in result.stderr

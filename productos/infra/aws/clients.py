@@ -180,7 +180,9 @@ def _error_of(response: dict[str, Any]) -> tuple[str, str]:
     return code, message[:300]
 
 
-def describe_aws_failure(exc: BaseException, *, what: str, setting: str, permission: str) -> ConfigurationError:
+def describe_aws_failure(
+    exc: BaseException, *, what: str, setting: str, permission: str, action: str = "read"
+) -> ConfigurationError:
     """Turn a botocore error into a ``ConfigurationError`` that says what failed and how to fix it.
 
     Args:
@@ -188,6 +190,7 @@ def describe_aws_failure(exc: BaseException, *, what: str, setting: str, permiss
         what: the object, e.g. ``"the SSM parameters under /productos-api/"``; never a value.
         setting: the setting that named it (``PRODUCTOS_SSM_PATH``).
         permission: the IAM action needed (``ssm:GetParametersByPath``).
+        action: what was being done to it (``read``, ``apply``), for the message.
     """
     from botocore.exceptions import (
         ClientError,
@@ -218,20 +221,20 @@ def describe_aws_failure(exc: BaseException, *, what: str, setting: str, permiss
             fix = "AWS throttled the request: retry, or raise PRODUCTOS_AWS_MAX_ATTEMPTS"
         else:
             fix = f"check {setting}"
-        return ConfigurationError(f"cannot read {what} ({setting}): {detail}; {fix}")
+        return ConfigurationError(f"cannot {action} {what} ({setting}): {detail}; {fix}")
     if isinstance(exc, NoRegionError):
         return missing_region(permission.split(":")[0])
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return ConfigurationError(
-            f"cannot read {what} ({setting}): no AWS credentials; attach an IAM instance profile to the "
+            f"cannot {action} {what} ({setting}): no AWS credentials; attach an IAM instance profile to the "
             "instance, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
         )
     if isinstance(exc, ConnectionError | HTTPClientError):
         endpoint = getattr(exc, "kwargs", {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL") or ""
         where = f" at {endpoint}" if endpoint else ""
         return ConfigurationError(
-            f"cannot read {what} ({setting}): the AWS endpoint{where} is unreachable ({type(exc).__name__}); "
+            f"cannot {action} {what} ({setting}): the AWS endpoint{where} is unreachable ({type(exc).__name__}); "
             "check the instance's route to AWS (NAT gateway or VPC endpoint, security groups), AWS_REGION, "
             "and AWS_ENDPOINT_URL if set"
         )
-    return ConfigurationError(f"cannot read {what} ({setting}): {type(exc).__name__}")
+    return ConfigurationError(f"cannot {action} {what} ({setting}): {type(exc).__name__}")
