@@ -15,23 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from productos.domain.dashboards import PANELS, POOL_TARGET
 from productos.domain.metrics_ports import (
     ASG_DIMENSION,
-    DB_CONNECTIONS_IN_USE,
     DB_POOL_UTILIZATION,
-    DB_QUERY_TIME,
     DEFAULT_NAMESPACE,
-    METRICS_DROPPED,
     POOL_STATISTIC,
-    REQUEST_COUNT,
-    REQUEST_LATENCY,
     UNITS,
 )
 
 #: The guide's targets.
 CPU_TARGET = 70.0
 REQUESTS_PER_TARGET = 1000.0
-POOL_TARGET = 80.0
 #: Seconds a new instance needs before its figures count (the ASG's health-check grace period).
 INSTANCE_WARMUP = 300
 
@@ -403,40 +398,19 @@ def dashboard(deployment: Deployment) -> dict[str, Any]:
             "productos",
             [
                 _widget(
-                    "DB pool utilization (%): the scaling policy's metric",
-                    [[ns, DB_POOL_UTILIZATION, *asg, {"stat": POOL_STATISTIC}]],
+                    panel.title,
+                    [[ns, metric, *asg, {"stat": stat}] for metric, stat in panel.cloudwatch],
                     region,
-                    annotations={"horizontal": [{"label": "target", "value": POOL_TARGET}]},
-                    yAxis={"left": {"min": 0, "max": 100}},
-                ),
-                _widget(
-                    "DB connections in use (per instance)",
-                    [
-                        [ns, DB_CONNECTIONS_IN_USE, *asg, {"stat": "Average"}],
-                        [ns, DB_CONNECTIONS_IN_USE, *asg, {"stat": "Maximum"}],
-                    ],
-                    region,
-                ),
-                _widget(
-                    "DB query time (ms)",
-                    [[ns, DB_QUERY_TIME, *asg, {"stat": "p50"}], [ns, DB_QUERY_TIME, *asg, {"stat": "p99"}]],
-                    region,
-                ),
-                _widget(
-                    "Request latency (ms)",
-                    [
-                        [ns, REQUEST_LATENCY, *asg, {"stat": "p50"}],
-                        [ns, REQUEST_LATENCY, *asg, {"stat": "p90"}],
-                        [ns, REQUEST_LATENCY, *asg, {"stat": "p99"}],
-                    ],
-                    region,
-                ),
-                _widget(
-                    "Requests and dropped datapoints",
-                    [[ns, REQUEST_COUNT, *asg], [ns, METRICS_DROPPED, *asg]],
-                    region,
-                    stat="Sum",
-                ),
+                    **(
+                        {
+                            "annotations": {"horizontal": [{"label": "target", "value": panel.threshold}]},
+                            "yAxis": {"left": {"min": 0, "max": 100}},
+                        }
+                        if panel.threshold is not None
+                        else {}
+                    ),
+                )
+                for panel in PANELS
             ],
         )
     )
