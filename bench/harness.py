@@ -10,10 +10,12 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -91,6 +93,9 @@ class Contender:
     #: Instead of wrk on the million-row table: one request whose path lists every row (no pagination).
     deep_all_rows_path: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    #: prometheus-client's multiprocess mode set up from outside, as its docs say: a fresh, empty
+    #: ``PROMETHEUS_MULTIPROC_DIR`` for each start (in /dev/shm, where productos puts its own), deleted after.
+    prometheus_multiproc_dir: bool = False
 
     def command(self, port: int) -> list[str]:
         args = [a.replace("{port}", str(port)) for a in self.gunicorn_args]
@@ -118,7 +123,7 @@ def _keyset(prefix: str = "/productos") -> tuple[tuple[Scenario, ...], tuple[Sce
 
 
 def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Contender]:
-    """The contenders, by key: a..e, and p (pedidos, the second service on productos)."""
+    """The contenders, by key: a..f, and p (pedidos, the second service on productos)."""
     small, deep = _keyset()
     return {
         "a": Contender(
@@ -155,6 +160,14 @@ def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Cont
             ),
             (),
             deep_all_rows_path="/productos/",
+        ),
+        "f": Contender(
+            "f", "fastapi-instrumented",
+            "FastAPI + raw asyncpg pool as (c), with prometheus-fastapi-instrumentator (multiprocess), "
+            "OpenTelemetry FastAPI and asyncpg instrumentation, a JSON access log (python-json-logger)",
+            "bench.contenders.fastapi_instrumented:app",
+            ("-c", "python:bench.contenders.fastapi_instrumented_gunicorn", *_uvicorn_worker_args()), small, deep,
+            prometheus_multiproc_dir=True,
         ),
         "p": Contender(
             "p", "pedidos", "examples/pedidos: a service on productos' public API, SQLAlchemy Core statements",
@@ -219,6 +232,7 @@ class Server:
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.multiproc_dir: Path | None = None
 
     def __enter__(self) -> Server:
         self.start()
@@ -228,6 +242,11 @@ class Server:
         self.stop()
 
     def start(self, timeout: float = 60) -> None:
+        if self.contender.prometheus_multiproc_dir:
+            shm = Path("/dev/shm")  # in memory, as productos keeps its own metrics files
+            base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir
+            self.multiproc_dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.contender.key}-metrics-", dir=base))
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.multiproc_dir)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -235,6 +254,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()  # its metrics directory
                 raise RuntimeError(f"{self.contender.name} exited with {self.process.returncode}:\n{self.output()}")
             try:
                 if httpx.get(f"{self.base_url}/productos/1", timeout=2).status_code == 200 and self.ready_workers():
@@ -285,6 +305,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.multiproc_dir is not None:
+            shutil.rmtree(self.multiproc_dir, ignore_errors=True)
+            self.multiproc_dir = None
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

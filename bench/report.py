@@ -11,7 +11,10 @@ from bench.harness import SCENARIO_TITLES, SCENARIOS
 
 README_START = "<!-- bench:results:start -->"
 README_END = "<!-- bench:results:end -->"
-BASELINES = ("b", "c", "d", "e")
+BASELINES = ("b", "c", "d", "e", "f")
+#: productos must be well ahead of (f), FastAPI + asyncpg with the observability users assemble from the
+#: ecosystem: at least this ratio of req/s on every endpoint and concurrency.
+WELL_AHEAD_OF_F = 1.1
 #: Services on productos other than the products API, compared with it (a) and with (c).
 SERVICES = ("p",)
 
@@ -86,6 +89,17 @@ def goals(summary: dict[str, Any], ratio_rows: list[dict[str, Any]], connections
             "met": w["p99 a/c"] <= 1.5,
             "figure": f"highest p99 a/c at c{top} = {w['p99 a/c']} ({SCENARIO_TITLES[w['scenario']]})",
         })  # fmt: skip
+    f_rows = [r for r in ratio_rows if r.get("a/f") is not None]
+    if f_rows:
+        low = min(f_rows, key=lambda r: r["a/f"])
+        high = max(f_rows, key=lambda r: r["a/f"])
+        checks.append({
+            "goal": f"well ahead of (f), FastAPI+asyncpg with the ecosystem's observability: "
+            f"a/f >= {WELL_AHEAD_OF_F} on every endpoint",
+            "met": low["a/f"] >= WELL_AHEAD_OF_F,
+            "figure": f"a/f from {low['a/f']} ({SCENARIO_TITLES[low['scenario']]}, c{low['connections']}) "
+            f"to {high['a/f']} ({SCENARIO_TITLES[high['scenario']]}, c{high['connections']})",
+        })  # fmt: skip
     mine = summary.get("a", {})
     errors = sum(c["errors"] for s in mine.values() for c in s.values())
     checks.append({"goal": "no errors", "met": errors == 0, "figure": f"{errors} errors over all runs"})
@@ -151,11 +165,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "#### Ratios: productos (a) over each contender (req/s over req/s; > 1 means productos is faster)",
         "",
-        "| endpoint | conc | a/b raw ASGI | a/c FastAPI+asyncpg | a/d FastAPI+ORM | a/e original | p99 a/c |",
-        "|---|---|---|---|---|---|---|",
+        "| endpoint | conc | a/b raw ASGI | a/c FastAPI+asyncpg | a/d FastAPI+ORM | a/e original "
+        "| a/f FastAPI+asyncpg+observability | p99 a/c |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["ratios"]:
-        cells = [("—" if row[k] is None else f"{row[k]:.2f}") for k in ("a/b", "a/c", "a/d", "a/e", "p99 a/c")]
+        keys = ("a/b", "a/c", "a/d", "a/e", "a/f", "p99 a/c")
+        cells = [("—" if row.get(k) is None else f"{row[k]:.2f}") for k in keys]
         lines.append(f"| {SCENARIO_TITLES[row['scenario']]} | c{row['connections']} | " + " | ".join(cells) + " |")
     lines += ["", "#### Goals (issue 6)", "", "| goal | met | figure |", "|---|---|---|"]
     for check in result["goals"]:

@@ -50,7 +50,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="whole seconds of wrk warm-up per server start (default 1)")
     parser.add_argument("--connections", default="8,64", help="wrk concurrencies, comma-separated (default 8,64)")
     parser.add_argument(
-        "--contenders", default="abcdep", help="which of a..e and p (pedidos) to run, in this order (default abcdep)"
+        "--contenders",
+        default="abcdefp",
+        help="which of a..f and p (pedidos) to run, in this order (default abcdefp)",
     )
     parser.add_argument(
         "--variant",

@@ -4,11 +4,15 @@ the report renders. Never a timing assertion: the machine is shared and noisy.""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -17,6 +21,17 @@ from bench import report, seed
 from bench.harness import Server, contenders, get_scenario, parse_wrk, post_scenario, run_wrk, variant
 
 ROWS = 30
+#: (f)'s packages are in the bench extra.
+HAS_F = all(
+    importlib.util.find_spec(name)
+    for name in (
+        "prometheus_fastapi_instrumentator",
+        "opentelemetry.instrumentation.fastapi",
+        "opentelemetry.instrumentation.asyncpg",
+        "pythonjsonlogger",
+    )
+)
+needs_f = pytest.mark.skipif(not HAS_F, reason="(f)'s packages are in the bench extra")
 
 
 def _normalized(body: Any) -> Any:
@@ -43,7 +58,7 @@ def database_url(workdir: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def servers(workdir: Path, database_url: str) -> Iterator[dict[str, Server]]:
     specs = contenders()
-    keys = "abcd" + ("e" if importlib.util.find_spec("psycopg2") else "")
+    keys = "abcd" + ("e" if importlib.util.find_spec("psycopg2") else "") + ("f" if HAS_F else "")
     started: dict[str, Server] = {}
     try:
         for key in keys:
@@ -61,9 +76,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 def test_asyncpg_contenders_answer_exactly_what_productos_answers(servers: dict[str, Server]) -> None:
     for path in ("/productos/7", "/productos?limit=5", "/productos?after=10&limit=3", "/productos/10"):
-        bodies = {key: httpx.get(servers[key].base_url + path, timeout=10).json() for key in "abc"}
-        assert bodies["b"] == bodies["a"], path
-        assert bodies["c"] == bodies["a"], path
+        keys = "abcf" if "f" in servers else "abc"
+        bodies = {key: httpx.get(servers[key].base_url + path, timeout=10).json() for key in keys}
+        for key in keys[1:]:
+            assert bodies[key] == bodies["a"], (key, path)
 
 
 def test_orm_contenders_answer_the_same_rows(servers: dict[str, Server]) -> None:
@@ -101,6 +117,102 @@ def test_workers_report_their_peak_memory(servers: dict[str, Server]) -> None:
         assert len(peaks) == 2 and all(kib > 0 for kib in peaks.values()), (server.contender.name, peaks)
 
 
+def _access_lines(server: Server) -> list[dict[str, Any]]:
+    lines = []
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"name": "access"' in line:
+            lines.append(json.loads(line))
+    return lines
+
+
+def _requests_total(server: Server, handler: str) -> float:
+    text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    prefix = f'http_requests_total{{handler="{handler}",method="GET",status="2xx"}} '
+    return sum(float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix))
+
+
+@needs_f
+def test_instrumented_contender_counts_logs_and_traces_every_request(servers: dict[str, Server]) -> None:
+    """(f): /metrics adds up both workers (multiprocess mode), one JSON access line per request with the
+    request id it echoes, and a trace id from the request's span."""
+    server = servers["f"]
+    assert server.multiproc_dir is not None and server.env["PROMETHEUS_MULTIPROC_DIR"] == str(server.multiproc_dir)
+    before = _requests_total(server, "/productos/{producto_id}")
+    sent: list[str] = []
+    pids: set[int] = set()
+    # Fresh connections until both workers have answered some (the kernel picks the worker).
+    while len(sent) < 200 and (len(pids) < 2 or len(sent) < 10):
+        request_id = f"bench-smoke-{len(sent)}"
+        response = httpx.get(server.base_url + "/productos/7", headers={"X-Request-ID": request_id}, timeout=10)
+        assert response.status_code == 200 and response.headers["x-request-id"] == request_id
+        sent.append(request_id)
+        pids = {line["process"] for line in _access_lines(server) if line.get("request_id", "").startswith("bench-")}
+    assert pids == set(server.worker_pids()), pids
+    assert _requests_total(server, "/productos/{producto_id}") - before == len(sent)
+    lines = {line["request_id"]: line for line in _access_lines(server)}
+    for request_id in sent:
+        line = lines[request_id]
+        assert (line["method"], line["path"], line["route"], line["status"]) == (
+            "GET",
+            "/productos/7",
+            "/productos/{producto_id}",
+            200,
+        )
+        assert line["duration_ms"] > 0 and int(line["trace_id"], 16) != 0 and int(line["span_id"], 16) != 0
+    unnamed = httpx.get(server.base_url + "/productos/8", timeout=10)
+    assert len(unnamed.headers["x-request-id"]) == 32  # made up when none came in
+
+
+class _OtlpSink(BaseHTTPRequestHandler):
+    """Receives OTLP/HTTP protobuf span exports; keeps each span's name and trace id."""
+
+    spans: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/v1/traces":  # not the metrics a contender may send to /v1/metrics
+            for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    self.spans.extend((span.name, span.trace_id) for span in scope_spans.spans)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def sink_spans() -> list[tuple[str, bytes]]:
+    return list(_OtlpSink.spans)
+
+
+@needs_f
+def test_instrumented_contender_exports_spans_to_an_otlp_endpoint(workdir: Path, database_url: str) -> None:
+    """With ``OTEL_EXPORTER_OTLP_ENDPOINT`` (productos' switch too) (f) records and exports the request's spans:
+    the server span and the query's, in one trace."""
+    _OtlpSink.spans = []
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+    thread = threading.Thread(target=sink.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_port}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        with Server(contenders()["f"], database_url, workdir, env) as server:
+            assert httpx.get(server.base_url + "/productos/7", timeout=10).status_code == 200
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not any(n == "GET /productos/{producto_id}" for n, _ in sink_spans()):
+                time.sleep(0.1)
+    finally:
+        sink.shutdown()
+        sink.server_close()
+    names: dict[bytes, set[str]] = {}
+    for name, trace_id in sink_spans():
+        names.setdefault(trace_id, set()).add(name)
+    assert any({"GET /productos/{producto_id}", "SELECT"} <= found for found in names.values()), names
+
+
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
 def test_wrk_drives_a_contender_and_its_output_parses(servers: dict[str, Server]) -> None:
     base = servers["b"].base_url
@@ -123,7 +235,7 @@ def test_parse_wrk_finds_the_report_line() -> None:
 
 def _synthetic_result(tmp_path: Path) -> dict[str, Any]:
     runs = []
-    for key, rps in zip("abcde", (900.0, 1200.0, 1000.0, 400.0, 100.0), strict=True):
+    for key, rps in zip("abcdef", (900.0, 1200.0, 1000.0, 400.0, 100.0, 600.0), strict=True):
         for scenario in ("get_id", "first_page_1m", "deep_page_1m"):
             for conc in (8, 64):
                 for round_no in (1, 2):
@@ -137,8 +249,8 @@ def _synthetic_result(tmp_path: Path) -> dict[str, Any]:
     return {
         "meta": {
             "date": "2026-01-01", "stem": "2026-01-01", "quick": False, "command": "python -m bench.run",
-            "rounds": 2, "duration_s": 5, "warmup_s": 1, "connections": [8, 64], "order": list("abcde"),
-            "postgres": "15", "contenders": {k: {"name": k * 3} for k in "abcde"},
+            "rounds": 2, "duration_s": 5, "warmup_s": 1, "connections": [8, 64], "order": list("abcdef"),
+            "postgres": "15", "contenders": {k: {"name": k * 3} for k in "abcdef"},
             "machine": {"nproc": 2, "cpu_model": "cpu", "memory_gib": 1, "kernel": "6", "python": "3.11",
                         "fastapi": "x", "sqlalchemy": "x", "uvicorn": "x", "wrk": "wrk"},
         },
@@ -151,10 +263,13 @@ def test_report_computes_medians_ratios_and_goals(tmp_path: Path) -> None:
     result = _synthetic_result(tmp_path)
     assert result["summary"]["a"]["get_id"]["8"]["rps"] == 1350.0  # median of 900 and 1800
     row = next(r for r in result["ratios"] if r["scenario"] == "get_id" and r["connections"] == 8)
-    assert (row["a/b"], row["a/c"], row["a/e"], row["p99 a/c"]) == (0.75, 0.9, 9.0, 1.0)
-    assert {g["goal"]: g["met"] for g in result["goals"]}[">= 0.9x (c)'s req/s on every endpoint"] is True
+    assert (row["a/b"], row["a/c"], row["a/e"], row["a/f"], row["p99 a/c"]) == (0.75, 0.9, 9.0, 1.5, 1.0)
+    met = {g["goal"].split(":")[0]: g["met"] for g in result["goals"]}
+    assert met[">= 0.9x (c)'s req/s on every endpoint"] is True
+    assert met["well ahead of (f), FastAPI+asyncpg with the ecosystem's observability"] is True
     section = report.markdown(result)
-    assert "| GET /productos/{id} | c8 | 0.75 | 0.90 | 2.25 | 9.00 | 1.00 |" in section
+    assert "| GET /productos/{id} | c8 | 0.75 | 0.90 | 2.25 | 9.00 | 1.50 | 1.00 |" in section
+    assert "| a/f from 1.5 (GET /productos/{id}, c8) to 1.5 " in section
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nend\n")
     report.write_readme(readme, section)
