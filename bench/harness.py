@@ -21,9 +21,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from productos.testing import PgBouncer
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -96,6 +99,9 @@ class Contender:
     #: prometheus-client's multiprocess mode set up from outside, as its docs say: a fresh, empty
     #: ``PROMETHEUS_MULTIPROC_DIR`` for each start (in /dev/shm, where productos puts its own), deleted after.
     prometheus_multiproc_dir: bool = False
+    #: Through PgBouncer (transaction pooling, Debian's package, its default pool of 20 server connections),
+    #: started by the server for each start in front of the database's server: ``DATABASE_URL`` points at it.
+    pgbouncer: bool = False
 
     def command(self, port: int) -> list[str]:
         args = [a.replace("{port}", str(port)) for a in self.gunicorn_args]
@@ -123,7 +129,8 @@ def _keyset(prefix: str = "/productos") -> tuple[tuple[Scenario, ...], tuple[Sce
 
 
 def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Contender]:
-    """The contenders, by key: a..f, and p (pedidos, the second service on productos)."""
+    """The contenders, by key: a..g (g: productos through PgBouncer), and p (pedidos, the second service on
+    productos)."""
     small, deep = _keyset()
     return {
         "a": Contender(
@@ -169,6 +176,12 @@ def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Cont
             ("-c", "python:bench.contenders.fastapi_instrumented_gunicorn", *_uvicorn_worker_args()), small, deep,
             prometheus_multiproc_dir=True,
         ),
+        "g": Contender(
+            "g", "productos-pgbouncer",
+            "productos as (a), through PgBouncer in transaction pooling mode (DB_POOLER=transaction)",
+            "productos.main:app", ("-c", "python:productos.gunicorn_conf"), small, deep,
+            env={"WORKERS": str(WORKERS), "DB_POOLER": "transaction", **(productos_env or {})}, pgbouncer=True,
+        ),
         "p": Contender(
             "p", "pedidos", "examples/pedidos: a service on productos' public API, SQLAlchemy Core statements",
             "pedidos.main:app", ("-c", "python:productos.gunicorn_conf"),
@@ -202,6 +215,7 @@ def variant(base: Contender, spec: str) -> Contender:
     return Contender(
         name, f"{base.name}+{name}", f"{base.name} with {pairs}",
         app, base.gunicorn_args, base.small, base.deep, base.deep_all_rows_path, env,
+        base.prometheus_multiproc_dir, base.pgbouncer,
     )  # fmt: skip
 
 
@@ -233,6 +247,8 @@ class Server:
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.multiproc_dir: Path | None = None
+        self.database_url = database_url
+        self.pgbouncer: PgBouncer | None = None
 
     def __enter__(self) -> Server:
         self.start()
@@ -247,6 +263,14 @@ class Server:
             base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir
             self.multiproc_dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.contender.key}-metrics-", dir=base))
             self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.multiproc_dir)
+        if self.contender.pgbouncer:
+            from sqlalchemy.engine import make_url
+
+            from productos.testing import PgBouncer
+
+            self.pgbouncer = PgBouncer(self.database_url, pool_size=20)
+            self.pgbouncer.start()
+            self.env["DATABASE_URL"] = self.pgbouncer.url(make_url(self.database_url).database or "")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -308,6 +332,9 @@ class Server:
         if self.multiproc_dir is not None:
             shutil.rmtree(self.multiproc_dir, ignore_errors=True)
             self.multiproc_dir = None
+        if self.pgbouncer is not None:
+            self.pgbouncer.__exit__(None, None, None)
+            self.pgbouncer = None
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

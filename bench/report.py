@@ -173,6 +173,27 @@ def markdown(result: dict[str, Any]) -> str:
         keys = ("a/b", "a/c", "a/d", "a/e", "a/f", "p99 a/c")
         cells = [("—" if row.get(k) is None else f"{row[k]:.2f}") for k in keys]
         lines.append(f"| {SCENARIO_TITLES[row['scenario']]} | c{row['connections']} | " + " | ".join(cells) + " |")
+    pooled = summary.get("g", {})
+    if pooled and summary.get("a"):
+        lines += [
+            "",
+            "#### Through PgBouncer: productos (g) over productos straight to PostgreSQL (a)",
+            "",
+            "(g) is (a) with `DB_POOLER=transaction` behind PgBouncer (transaction pooling, 20 server connections): "
+            "every unit of work in BEGIN...COMMIT and no prepared statement kept, so a one-statement read or write "
+            "takes four round trips instead of one, each through PgBouncer.",
+            "",
+            "| endpoint | conc | req/s g/a | p99 g/a |",
+            "|---|---|---|---|",
+        ]
+        for scenario in SCENARIOS:
+            for conc in map(str, connections):
+                a, g = summary["a"].get(scenario, {}).get(conc), pooled.get(scenario, {}).get(conc)
+                if not a or not g:
+                    continue
+                rps = f"{g['rps'] / a['rps']:.2f}" if a["rps"] else "—"
+                p99 = f"{g['p99_ms'] / a['p99_ms']:.2f}" if a["p99_ms"] and g["p99_ms"] else "—"
+                lines.append(f"| {SCENARIO_TITLES[scenario]} | c{conc} | {rps} | {p99} |")
     lines += ["", "#### Goals (issue 6)", "", "| goal | met | figure |", "|---|---|---|"]
     for check in result["goals"]:
         lines.append(f"| {check['goal']} | {'yes' if check['met'] else '**no**'} | {check['figure']} |")

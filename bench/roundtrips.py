@@ -1,8 +1,8 @@
 """What each contender says to PostgreSQL per request: ``python -m bench.roundtrips [--contenders abcd]``.
 
 A proxy between the contender (gunicorn, 2 workers) and PostgreSQL reads the frontend side of the wire
-protocol and counts, per request, the round trips (a simple ``Query`` or a ``Sync`` ends one: the client then
-waits for the server) and the statements run (simple queries, and the statement each ``Bind`` executes).
+protocol and counts, per request, the round trips (a simple ``Query``, a ``Sync`` or a ``Flush`` ends one: the
+client then waits for the server) and the statements run (simple queries, and the statement each ``Bind`` executes).
 Requests are sent one at a time after a warm-up, so every connection's statements are already prepared.
 This is the evidence for "pre-ping adds round trips" and the like; the numbers do not depend on load.
 """
@@ -103,7 +103,8 @@ class WireCounter:
             if kind == b"Q":
                 self.roundtrips += 1
                 self.statements[_shape(body.rstrip(b"\0").decode(errors="replace"))] += 1
-            elif kind == b"S":
+            elif kind in (b"S", b"H"):
+                # Sync, and Flush: asyncpg prepares with Parse, Describe and Flush, then waits for the answer.
                 self.roundtrips += 1
             elif kind == b"P":
                 raw_name, query = body.split(b"\0")[:2]

@@ -51,8 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", default="8,64", help="wrk concurrencies, comma-separated (default 8,64)")
     parser.add_argument(
         "--contenders",
-        default="abcdefp",
-        help="which of a..f and p (pedidos) to run, in this order (default abcdefp)",
+        default="abcdefgp",
+        help="which of a..g (g: productos through PgBouncer) and p (pedidos) to run, in this order (default abcdefgp)",
     )
     parser.add_argument(
         "--variant",

@@ -10,7 +10,9 @@ The template is generated, never edited by hand, so that what it shares with the
   turned into CloudFormation resources. resources.py is called with stand-in names, and each stand-in is then
   replaced by the intrinsic function that yields the real name when the stack is created;
 * the target group's port and deregistration delay, and the ALB's idle timeout, come from the service's
-  settings (``APP_PORT``, ``PRODUCTOS_GRACEFUL_TIMEOUT``, ``PRODUCTOS_KEEPALIVE``);
+  settings (``APP_PORT``, ``PRODUCTOS_GRACEFUL_TIMEOUT``, ``PRODUCTOS_KEEPALIVE``); its health check must see a
+  draining instance go within the drain that deploy/productos.service sets (``PRODUCTOS_DRAIN_SECONDS``), and
+  the unit's ``TimeoutStopSec`` must cover the drain and the graceful timeout: the generator refuses otherwise;
 * the User Data is deploy/user-data.sh, after a few lines that set its variables from the stack.
 
 tests/integration/test_cloudformation.py checks that the committed template is this script's output, lints it
@@ -38,13 +40,22 @@ HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "cloudformation.yaml"
 USER_DATA = HERE / "user-data.sh"
 
-# The guide's target group health check (section 4) and Auto Scaling group (section 5).
+# The target group's health check. The guide's (section 4) checks every 30 s and takes an instance out after 3
+# failures: 90 s, which an instance stopped while still registered (systemctl restart, a stop outside an
+# instance refresh) would have to keep draining for, on every deploy. Every 5 s and out after 2 failures, a
+# draining instance is out within 5 x 2 + 4 = 14 s, inside the unit's 15 s drain.
 HEALTH_CHECK_PATH = "/health"
-HEALTH_CHECK_INTERVAL = 30
-HEALTH_CHECK_TIMEOUT = 5
+HEALTH_CHECK_INTERVAL = 5
+HEALTH_CHECK_TIMEOUT = 4  # the ALB requires less than the interval; /health answers within PRODUCTOS_HEALTH_TIMEOUT
 HEALTHY_THRESHOLD = 2
-UNHEALTHY_THRESHOLD = 3
+UNHEALTHY_THRESHOLD = 2
 HEALTH_CHECK_MATCHER = "200"
+#: Seconds after SIGTERM by which every ALB node has seen a draining instance fail its checks, at worst.
+DRAIN_DETECTION = HEALTH_CHECK_INTERVAL * UNHEALTHY_THRESHOLD + HEALTH_CHECK_TIMEOUT
+#: What systemd leaves the master beyond its own graceful timeout (the drain plus PRODUCTOS_GRACEFUL_TIMEOUT)
+#: to kill what is left and exit.
+STOP_MARGIN = 5
+UNIT = HERE / "productos.service"
 ASG_MIN, ASG_MAX, ASG_DESIRED = 2, 10, 2
 HEALTH_CHECK_GRACE_PERIOD = resources.INSTANCE_WARMUP  # 300 s, also the policies' instance warm-up
 #: The ALB's default idle timeout; the service keeps connections open longer (PRODUCTOS_KEEPALIVE).
@@ -444,8 +455,9 @@ def load_balancer(app_port: int, graceful_timeout: int) -> dict[str, Any]:
                 "UnhealthyThresholdCount": UNHEALTHY_THRESHOLD,
                 "Matcher": {"HttpCode": HEALTH_CHECK_MATCHER},
                 "TargetGroupAttributes": [
-                    # A deregistering instance gets SIGTERM no sooner than this: as long as gunicorn lets
-                    # in-flight requests finish (PRODUCTOS_GRACEFUL_TIMEOUT).
+                    # The Auto Scaling group deregisters an instance and waits this long (or until it has no
+                    # connection left) before it terminates it: long enough for any request in flight to finish
+                    # (PRODUCTOS_GRACEFUL_TIMEOUT). SIGTERM, from the instance's shutdown, comes after.
                     {"Key": "deregistration_delay.timeout_seconds", "Value": str(graceful_timeout)},
                 ],
                 "Tags": tags("tg"),
@@ -830,6 +842,30 @@ def outputs() -> dict[str, Any]:
     }
 
 
+def unit_setting(pattern: str) -> int:
+    """An integer the systemd unit sets (``TimeoutStopSec``, ``PRODUCTOS_DRAIN_SECONDS``)."""
+    found = re.search(rf"^{pattern}=(\d+)$", UNIT.read_text(), re.M)
+    if found is None:
+        raise ValueError(f"{UNIT.name} sets no {pattern}")
+    return int(found.group(1))
+
+
+def check_stop_timeouts(graceful_timeout: int) -> None:
+    """The stop of an instance, from the ALB's health check to systemd's SIGKILL, fits together."""
+    drain = unit_setting("Environment=PRODUCTOS_DRAIN_SECONDS")
+    stop = unit_setting("TimeoutStopSec")
+    health_timeout = float(Settings.model_fields["health_timeout"].default)
+    if HEALTH_CHECK_TIMEOUT >= HEALTH_CHECK_INTERVAL or health_timeout >= HEALTH_CHECK_TIMEOUT:
+        raise ValueError("the check's timeout must be below its interval, and above PRODUCTOS_HEALTH_TIMEOUT")
+    if drain < DRAIN_DETECTION:
+        raise ValueError(f"the unit's drain ({drain} s) ends before the ALB sees the instance go ({DRAIN_DETECTION} s)")
+    if stop < drain + graceful_timeout + STOP_MARGIN:
+        raise ValueError(
+            f"TimeoutStopSec ({stop}) must cover the drain ({drain}), PRODUCTOS_GRACEFUL_TIMEOUT ({graceful_timeout}) "
+            f"and {STOP_MARGIN} s for the master to exit"
+        )
+
+
 def template() -> dict[str, Any]:
     settings = Settings.model_fields
     app_port = int(settings["app_port"].default)
@@ -837,6 +873,7 @@ def template() -> dict[str, Any]:
     keepalive = int(settings["keepalive"].default)
     if keepalive <= ALB_IDLE_TIMEOUT:
         raise ValueError(f"PRODUCTOS_KEEPALIVE ({keepalive}) must exceed the ALB's idle timeout ({ALB_IDLE_TIMEOUT})")
+    check_stop_timeouts(graceful_timeout)
     parts: list[Callable[[], dict[str, Any]]] = [
         network,
         lambda: security_groups(app_port),

@@ -17,6 +17,7 @@ The products API, productos' reference service, is ``productos.services.producto
 from typing import Any
 
 from productos.domain import (
+    ConcurrentUpdateError,
     ConfigurationError,
     ConflictError,
     DatabaseUnavailableError,
@@ -33,6 +34,7 @@ from productos.settings import Settings
 from productos.version import __version__
 
 __all__ = [
+    "ConcurrentUpdateError",
     "ConfigurationError",
     "ConflictError",
     "DatabaseUnavailableError",

@@ -69,10 +69,15 @@ class Settings(BaseSettings):
     # Service
     service_name: str = Field("productos-api", **_env("PRODUCTOS_SERVICE_NAME"), min_length=1)
     database_url: SecretStr = Field(SecretStr(DEFAULT_DATABASE_URL), **_env("DATABASE_URL"))
+    #: The schema owner's login, straight to PostgreSQL (not through a pooler), for ``productos migrate`` and the
+    #: migrations at start; unset: ``DATABASE_URL``'s. ``DB_POOLER`` applies to it too (harmless when direct).
+    database_migrate_url: SecretStr | None = Field(None, **_env("DATABASE_MIGRATE_URL"))
     app_host: str = Field("0.0.0.0", **_env("APP_HOST"))  # noqa: S104 - behind the ALB's security group
     app_port: int = Field(8000, **_env("APP_PORT"), ge=1, le=65535)
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, **_env("WORKERS"), ge=1, le=256)
     log_level: LogLevel = Field("info", **_env("LOG_LEVEL"))
+    #: ``auto``: aligned, coloured lines when stdout is a terminal, JSON lines otherwise (systemd, CloudWatch).
+    log_format: Literal["auto", "json", "console"] = Field("auto", **_env("LOG_FORMAT"))
 
     # Database pool (the guide's values)
     db_pool_size: int = Field(10, **_env("DB_POOL_SIZE"), ge=1, le=1000)
@@ -83,6 +88,13 @@ class Settings(BaseSettings):
     db_pool_pre_ping_idle: float = Field(1.0, **_env("DB_POOL_PRE_PING_IDLE"), ge=0, le=3600)
     db_connect_timeout: float = Field(3.0, **_env("DB_CONNECT_TIMEOUT"), gt=0, le=300)
     db_statement_timeout: float = Field(5.0, **_env("DB_STATEMENT_TIMEOUT"), gt=0, le=3600)
+    #: How long a statement waits for a lock (a row another transaction is changing) before it gives up with
+    #: 409; never more than half of ``db_statement_timeout`` (see ``productos.infra.db.engine.SessionLimits``).
+    db_lock_timeout: float = Field(1.0, **_env("DB_LOCK_TIMEOUT"), gt=0, le=3600)
+    #: ``transaction``: every database URL leads to a transaction-mode pooler (PgBouncer's pool_mode=transaction,
+    #: RDS Proxy), so every unit of work runs in BEGIN...COMMIT with the session limits set per transaction and no
+    #: named prepared statements (``productos.infra.db.engine.SessionLimits``). ``none``: straight to PostgreSQL.
+    db_pooler: Literal["none", "transaction"] = Field("none", **_env("DB_POOLER"))
 
     # HTTP serving
     health_timeout: float = Field(2.0, **_env("PRODUCTOS_HEALTH_TIMEOUT"), gt=0, le=4.5)
@@ -93,6 +105,20 @@ class Settings(BaseSettings):
     #: garbage collector's reach (``gc.freeze``), so that full collections stop scanning it.
     gc_freeze: bool = Field(True, **_env("PRODUCTOS_GC_FREEZE"))
     migrate_on_start: bool | None = Field(None, **_env("PRODUCTOS_MIGRATE_ON_START"))
+
+    # HTTP edge: leaving service and the limits of a front-line server (productos.entrypoints.worker and
+    # .protocol; productos.http.limits). All but the concurrency bound are read by gunicorn's master: env/.env.
+    #: Seconds a worker keeps serving after SIGTERM, readiness 503 and every response Connection: close, so the
+    #: balancer's health checks see it go first; small by default, the deploy kit sets its own.
+    drain_seconds: int = Field(5, **_env("PRODUCTOS_DRAIN_SECONDS"), ge=0, le=600)
+    #: Bytes of a request head (request line and header fields); 64 KiB is what an ALB forwards at most.
+    max_header_size: int = Field(64 * 1024, **_env("PRODUCTOS_MAX_HEADER_SIZE"), ge=1024, le=1024 * 1024)
+    max_header_count: int = Field(100, **_env("PRODUCTOS_MAX_HEADER_COUNT"), ge=1, le=10_000)
+    #: Seconds to receive a request head, from the connection's opening or a later request's first byte.
+    header_timeout: float = Field(10.0, **_env("PRODUCTOS_HEADER_TIMEOUT"), gt=0, le=300)
+    #: Requests one worker serves at once before it answers 503 with Retry-After; 0: no bound. A guard against
+    #: floods, above ordinary overload (README: at 256 clients a bound of 100 cost 30-40 % of the 200s).
+    max_concurrent_requests: int = Field(256, **_env("PRODUCTOS_MAX_CONCURRENT_REQUESTS"), ge=0, le=100_000)
 
     # Remote sources, read at start-up (these come from explicit arguments, the environment or .env only)
     ssm_path: str | None = Field(None, **_env("PRODUCTOS_SSM_PATH"))
@@ -125,10 +151,16 @@ class Settings(BaseSettings):
     metrics_interval: int = Field(60, **_env("PRODUCTOS_METRICS_INTERVAL"), ge=1, le=60)
     asg_name: str | None = Field(None, **_env("PRODUCTOS_ASG_NAME"))
 
-    @field_validator("metrics_publisher", mode="before")
+    @field_validator("metrics_publisher", "db_pooler", mode="before")
     @classmethod
     def _lower_publisher(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_migrate_url", mode="before")
+    @classmethod
+    def _blank_url_is_unset(cls, value: Any) -> Any:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value
 
     @field_validator("asg_name", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ nothing outer.
 """
 
 from productos.domain.errors import (
+    ConcurrentUpdateError,
     ConfigurationError,
     ConflictError,
     DatabaseUnavailableError,
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "ID_MAX",
     "MAX_PAGE_SIZE",
+    "ConcurrentUpdateError",
     "ConfigurationError",
     "ConflictError",
     "DatabaseUnavailableError",

@@ -19,6 +19,12 @@ class StaleVersionError(ConflictError):
     """The caller's expected version (HTTP ``If-Match``) is not the stored one: nothing was written."""
 
 
+class ConcurrentUpdateError(ConflictError):
+    """A concurrent change held what this one needed for too long (a row lock past the lock timeout), or the
+    two could not both proceed (a deadlock, a serialization failure): nothing was written, and the same request
+    may succeed if retried (HTTP 409 with ``Retry-After``)."""
+
+
 class DomainValidationError(ProductosError, ValueError):
     """An entity would break one of its invariants."""
 

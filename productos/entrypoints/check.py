@@ -22,8 +22,10 @@ from typing import Any, TextIO
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.domain.errors import ConfigurationError
+from productos.infra.db.engine import SessionLimits, behind_pooler, transactional
 from productos.infra.db.migrate import Migrations, alembic_config
 from productos.infra.db.url import DatabaseTarget, parse_database_url
 from productos.runtime.bootstrap import open_engine
@@ -42,7 +44,7 @@ class Step:
 
 def _masked(field_name: str, value: Any) -> str:
     if isinstance(value, SecretStr):
-        if field_name == "database_url":
+        if field_name in ("database_url", "database_migrate_url"):
             try:
                 return make_url(value.get_secret_value()).render_as_string(hide_password=True)
             except Exception:
@@ -81,7 +83,34 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+def pooler_hint(exc: BaseException) -> str | None:
+    """What to set when ``exc`` (or what it was raised from) is a connection pooler's refusal; else ``None``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text_ = str(seen).lower()
+        if "unsupported startup parameter" in text_:
+            return (
+                "a connection pooler (PgBouncer in transaction mode) refused the session settings sent at login: "
+                "set DB_POOLER=transaction for URLs that lead to it"
+            )
+        if "not allowed in statement pooling mode" in text_:
+            return (
+                "PgBouncer's pool_mode=statement refuses transactions, which units of work need: "
+                "use pool_mode=transaction, with DB_POOLER=transaction"
+            )
+        if "prepared statement" in text_ and ("already exists" in text_ or "does not exist" in text_):
+            return (
+                "named prepared statements met another client's on a pooler's shared server connections: "
+                "set DB_POOLER=transaction for URLs that lead to a transaction-mode pooler"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _login_hint(exc: BaseException) -> str:
+    pooler = pooler_hint(exc)
+    if pooler is not None:
+        return pooler
     text_ = _describe(exc).lower()
     if "password" in text_ or "authentication" in text_:
         return (
@@ -207,7 +236,13 @@ async def _engine_steps(resolved: ResolvedSettings, migrations: Migrations) -> l
             await conn.execute(text("SELECT 1"))
             return "SELECT 1"
 
-        steps.append(await _timed("query", query, lambda _: "the database accepted the login but not a query"))
+        steps.append(
+            await _timed(
+                "query", query, lambda exc: pooler_hint(exc) or "the database accepted the login but not a query"
+            )
+        )
+        if engine.dialect.name == "postgresql":
+            steps.append(await _timed("limits", lambda: _limits(engine, settings), _limits_hint))
 
         async def schema() -> str:
             from alembic.migration import MigrationContext
@@ -226,6 +261,38 @@ async def _engine_steps(resolved: ResolvedSettings, migrations: Migrations) -> l
         steps.append(await _timed("schema", schema, lambda _: "run `productos migrate`"))
         await conn.close()
     return steps
+
+
+async def _limits(engine: AsyncEngine, settings: Settings) -> str:
+    """The session limits where a unit of work's statements run: in a transaction of a new connection."""
+    expected = SessionLimits.from_settings(settings).server_settings()
+    async with transactional(engine).connect() as conn, conn.begin():
+        rows = await conn.execute(
+            text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)"), {"names": list(expected)}
+        )
+        actual = {str(name): str(value) for name, value in rows}
+    wrong = [
+        f"{name} is {actual.get(name)} ms, not {value} ms"
+        for name, value in expected.items()
+        if actual.get(name) != value
+    ]
+    if wrong:
+        raise SessionLimitsNotInEffect("; ".join(wrong))
+    how = "set per transaction (DB_POOLER=transaction)" if behind_pooler(engine) else "set at login"
+    return ", ".join(f"{name} {value} ms" for name, value in expected.items()) + f": {how}"
+
+
+class SessionLimitsNotInEffect(Exception):
+    """The session limits a unit of work would run under are not the settings'."""
+
+
+def _limits_hint(exc: BaseException) -> str:
+    if isinstance(exc, SessionLimitsNotInEffect):
+        return (
+            "the session limits sent at login are not in effect: a pooler in the way drops them (PgBouncer's "
+            "ignore_startup_parameters)? set DB_POOLER=transaction for URLs that lead to a transaction-mode pooler"
+        )
+    return pooler_hint(exc) or "the database accepted the login but not a transaction"
 
 
 def _remote_step(resolved: ResolvedSettings, settings_ms: float) -> Step | None:

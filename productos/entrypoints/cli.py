@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host or settings.app_host,
             port=args.port or settings.app_port,
             reload=True,
-            log_config=logging_config(settings.log_level),
+            log_config=logging_config(settings.log_level, settings.log_format),
             access_log=False,
         )
         return 0
@@ -54,14 +54,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from productos.infra.db.migrate import upgrade_to_head
-    from productos.runtime.bootstrap import open_engine
+    from productos.runtime.bootstrap import open_migration_engine
     from productos.runtime.settings_loader import open_settings
 
     async def run() -> None:
-        # The service's own login path: the secret's rotating credentials or RDS IAM tokens when configured.
+        # DATABASE_MIGRATE_URL (the schema owner, straight to PostgreSQL) when set, else DATABASE_URL; either
+        # logs in as the service does: the secret's rotating credentials or RDS IAM tokens when configured.
         async with (
             open_settings() as resolved,
-            open_engine(resolved.settings, aws=resolved.aws, secret=resolved.secret) as engine,
+            open_migration_engine(resolved.settings, aws=resolved.aws, secret=resolved.secret) as engine,
         ):
             await upgrade_to_head(engine, script_location=args.script_location, version_table=args.version_table)
 
@@ -74,11 +75,11 @@ def _migrate(args: argparse.Namespace) -> int:
     try:
         asyncio.run(guarded())
     except DatabaseUnavailableError as exc:
+        from productos.entrypoints.check import pooler_hint
+
         cause = f" ({exc.reason})" if exc.reason else ""
-        print(
-            f"cannot reach the database{cause}; hint: `productos check` shows the DNS, TCP and login steps",
-            file=sys.stderr,
-        )
+        hint = pooler_hint(exc) or "`productos check` shows the DNS, TCP and login steps"
+        print(f"cannot reach the database{cause}; hint: {hint}", file=sys.stderr)
         return EXIT_FAILED
     print("database upgraded to head")
     return EXIT_OK

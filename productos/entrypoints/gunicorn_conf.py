@@ -2,18 +2,20 @@
 
 Use: ``gunicorn -c python:productos.gunicorn_conf productos.main:app`` (what ``productos serve`` runs).
 Serving settings come from the environment and ``.env`` (``APP_HOST``, ``APP_PORT``, ``WORKERS``,
-``LOG_LEVEL``, ``PRODUCTOS_KEEPALIVE``, ``PRODUCTOS_GRACEFUL_TIMEOUT``); the app loads the rest in each
-worker.
+``LOG_LEVEL``, ``PRODUCTOS_KEEPALIVE``, ``PRODUCTOS_GRACEFUL_TIMEOUT``, ``PRODUCTOS_DRAIN_SECONDS``, the header
+limits); the app loads the rest in each worker.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging.config
+import os
 from typing import Any
 
+from productos.entrypoints.worker import serving_settings, watch_instance_shutdown
 from productos.observability.logging import logging_config
-from productos.settings import Settings
 
 __all__ = [
     "accesslog",
@@ -37,7 +39,7 @@ __all__ = [
     "workers",
 ]
 
-_settings = Settings()
+_settings = serving_settings()
 
 bind = [f"{_settings.app_host}:{_settings.app_port}"]
 workers = _settings.workers
@@ -47,15 +49,17 @@ worker_class = "productos.entrypoints.worker.ProductosUvicornWorker"
 # the ALB sends a request on it, and the client gets a 502.
 keepalive = _settings.keepalive
 
-# SIGTERM: stop accepting, let in-flight requests finish for up to graceful_timeout, then exit. The target
-# group's deregistration delay and systemd's TimeoutStopSec are set to match.
-graceful_timeout = _settings.graceful_timeout
+# SIGTERM: each worker drains (readiness 503, Connection: close, still serving) for PRODUCTOS_DRAIN_SECONDS,
+# then stops accepting and lets in-flight requests finish within PRODUCTOS_GRACEFUL_TIMEOUT; the master kills
+# what is left after both (productos.entrypoints.worker). systemd's TimeoutStopSec, the target group's health
+# check and deregistration delay are set to match in deploy/.
+graceful_timeout = _settings.drain_seconds + _settings.graceful_timeout
 # Heartbeat: a worker whose event loop is blocked this long is killed and replaced.
 timeout = 60
 
 # Structured JSON lines on stdout for CloudWatch Logs; productos writes the access line itself.
 loglevel = _settings.log_level
-logconfig_dict = logging_config(_settings.log_level)
+logconfig_dict = logging_config(_settings.log_level, _settings.log_format)
 accesslog = None
 errorlog = "-"
 capture_output = False
@@ -74,15 +78,26 @@ forwarded_allow_ips = _settings.trusted_proxies or ""
 
 # Prometheus multiprocess mode: every worker writes its metrics to files in one directory, and /metrics on
 # any worker merges them. The master makes the directory fresh before it forks any worker, tells each dead
-# worker's gauges to go, and removes the directory when it exits.
+# worker's gauges to go, and removes the directory when it exits, by any way: on_exit runs only when the
+# master halts, not when it cannot bind its port or fails otherwise, so an exit handler removes it too.
 _metrics_dir: str | None = None
 
 
 def on_starting(server: Any) -> None:
     global _metrics_dir
-    from productos.observability.metrics import create_multiprocess_dir
+    from productos.observability.metrics import create_multiprocess_dir, remove_multiprocess_dir
 
-    _metrics_dir = create_multiprocess_dir()
+    # Before any worker is forked: SIGTERM to the master drains the workers, any other stop retires them.
+    watch_instance_shutdown(server)
+    _metrics_dir = path = create_multiprocess_dir()
+    master = os.getpid()
+
+    def remove_in_master() -> None:
+        # Forked workers inherit exit handlers; only the master owns the directory.
+        if os.getpid() == master:
+            remove_multiprocess_dir(path)
+
+    atexit.register(remove_in_master)
     server.log.info("Prometheus multiprocess directory %s", _metrics_dir)
 
 

@@ -1,4 +1,9 @@
-"""The one place where errors become HTTP responses. Bodies never carry hosts, URLs or credentials."""
+"""The one place where errors become HTTP responses. Bodies never carry hosts, URLs or credentials.
+
+Domain errors are mapped by FastAPI's exception handlers (``install_error_handlers``). Anything else is a bug: it
+becomes the contract's 500 in ``UnhandledErrorMiddleware``, inside the request's context, so that the response
+carries ``X-Request-ID`` and the log line and span say which request failed.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import get_current_span
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from productos.domain.errors import (
+    ConcurrentUpdateError,
     ConflictError,
     DatabaseUnavailableError,
     DomainValidationError,
@@ -66,6 +74,12 @@ async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return _json(409, str(exc))
 
 
+async def _concurrent_update(_: Request, exc: Exception) -> JSONResponse:
+    # A row held by another transaction past DB_LOCK_TIMEOUT, a deadlock: contention on this resource, not an
+    # outage (the ALB's and the alarms' 5xx stay about the service), and a retry may well succeed.
+    return _json(409, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     reason = getattr(exc, "reason", "") or type(exc.__cause__ or exc).__name__
     logger.warning("database unavailable: %s", reason, extra={"reason": reason})
@@ -77,16 +91,82 @@ async def _http_exception(_: Request, exc: Exception) -> JSONResponse:
     return _json(exc.status_code, exc.detail, dict(exc.headers) if exc.headers else None)
 
 
+_INTERNAL_ERROR = b'{"detail":"internal server error"}'
+
+
+def _log_unhandled(exc: Exception) -> None:
+    """Log ``exc`` once, with its traceback, and record it on the current span (an exception event and
+    ``error.type``, OpenTelemetry's attribute for what failed)."""
+    error_type = type(exc).__qualname__
+    span = get_current_span()
+    if span.is_recording():
+        span.record_exception(exc)
+        span.set_attribute("error.type", error_type)
+    logger.error("unhandled error", exc_info=exc, extra={"error.type": error_type})
+
+
+class UnhandledErrorMiddleware:
+    """Turns an exception no handler took into ``500 {"detail": "internal server error"}``, inside the request.
+
+    Starlette's own catch-all (``ServerErrorMiddleware``) is the outermost layer, outside
+    ``RequestContextMiddleware``: its 500 had no ``X-Request-ID``, its log line no ``request_id`` or
+    ``trace_id``, and it re-raised to the server, which logged the error a second time and closed the
+    client's keep-alive connection. Installed just inside ``RequestContextMiddleware``, this one logs the error
+    once with its request and trace ids, records it on the request's span, and answers the 500 like any other
+    response: with ``X-Request-ID``, counted by route, on a connection that stays open. An error after the
+    response has begun is logged the same way; the server then closes the connection, as the response cannot
+    be completed.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception as exc:
+            _log_unhandled(exc)
+            if started:
+                return
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(_INTERNAL_ERROR)).encode("latin-1")),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error", exc_info=exc)
+    # The last resort, for an error in the middleware outside UnhandledErrorMiddleware (or an app built
+    # without it): outside the request's context, and Starlette re-raises it to the server.
+    _log_unhandled(exc)
     return _json(500, "internal server error")
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Map the domain errors (and FastAPI's validation errors) to their responses; ``create_service`` also
+    installs ``UnhandledErrorMiddleware`` for the rest."""
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(DomainValidationError, _domain_validation)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(StaleVersionError, _stale_version)
+    app.add_exception_handler(ConcurrentUpdateError, _concurrent_update)
     app.add_exception_handler(ConflictError, _conflict)
     app.add_exception_handler(DatabaseUnavailableError, _unavailable)
     app.add_exception_handler(StarletteHTTPException, _http_exception)

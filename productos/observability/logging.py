@@ -1,4 +1,8 @@
-"""JSON log lines on stdout, for CloudWatch Logs. One format for productos, gunicorn and uvicorn."""
+"""Log lines on stdout, one format for productos, gunicorn and uvicorn: JSON for CloudWatch Logs and journald,
+or aligned, coloured lines for a person at a terminal (``LOG_FORMAT``: ``auto``, ``json``, ``console``).
+
+Both formats carry the same fields: time, level, logger, message, process id, the request and trace ids where
+a request is in scope, the exception, and every ``extra`` field."""
 
 from __future__ import annotations
 
@@ -9,9 +13,23 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import Any, Literal, TextIO
 
 from opentelemetry.trace import get_current_span
+
+__all__ = [
+    "ConsoleFormatter",
+    "JsonFormatter",
+    "LogFormat",
+    "configure_logging",
+    "logging_config",
+    "request_id_var",
+    "resolve_log_format",
+    "set_xray_trace_ids",
+]
+
+#: ``auto``: readable lines when stdout is a terminal, JSON otherwise (systemd, the CloudWatch agent, pipes).
+LogFormat = Literal["auto", "json", "console"]
 
 #: The id of the request being served, set by ``RequestContextMiddleware``; on every log line.
 request_id_var: ContextVar[str | None] = ContextVar("productos_request_id", default=None)
@@ -36,9 +54,8 @@ _FIRST_EXTRA = len(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
 _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, process id, request id, trace and span ids
-    (of the current OpenTelemetry span), and any ``extra`` fields."""
+class _Fields(logging.Formatter):
+    """Builds a record's fields, the same for every format."""
 
     _second = -1
     _second_text = ""
@@ -51,7 +68,8 @@ class JsonFormatter(logging.Formatter):
             self._second = second
         return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
-    def format(self, record: logging.LogRecord) -> str:
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        """time, level, logger, message, pid, request/trace/span ids, ``extra`` fields, exception."""
         entry: dict[str, Any] = {
             "time": self._time(record.created),
             "level": record.levelname.lower(),
@@ -74,18 +92,70 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(entry)
+        return entry
 
 
-def logging_config(level: str = "info") -> dict[str, Any]:
-    """A ``dictConfig`` that routes productos, gunicorn and uvicorn logs to stdout as JSON."""
+class JsonFormatter(_Fields):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ENCODER.encode(self.fields(record))
+
+
+_LEVEL_COLOURS = {"debug": "\x1b[2m", "info": "\x1b[32m", "warning": "\x1b[33m", "error": "\x1b[31m"}
+_RESET, _DIM = "\x1b[0m", "\x1b[2m"
+
+
+class ConsoleFormatter(_Fields):
+    """One aligned line per record for a person: ``time level logger  message  key=value ...``; the exception
+    follows on its own lines. Coloured unless ``colour=False``.
+
+    Args:
+        colour: ANSI colours for the level and the fields.
+    """
+
+    def __init__(self, colour: bool = True) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = self.fields(record)
+        time_text = entry.pop("time")[11:23]  # HH:MM:SS.mmm, UTC
+        level = entry.pop("level")
+        logger = entry.pop("logger")
+        message = entry.pop("message")
+        exception = entry.pop("exception", None)
+        entry.pop("pid")
+        rest = "  ".join(f"{key}={value}" for key, value in entry.items())
+        if self.colour:
+            colour = _LEVEL_COLOURS.get(level, "\x1b[1;31m")
+            line = f"{_DIM}{time_text}{_RESET} {colour}{level:<7}{_RESET} {logger:<28} {message}"
+            line += f"  {_DIM}{rest}{_RESET}" if rest else ""
+        else:
+            line = f"{time_text} {level:<7} {logger:<28} {message}" + (f"  {rest}" if rest else "")
+        return f"{line}\n{exception}" if exception else line
+
+
+def resolve_log_format(log_format: LogFormat, stream: TextIO | None = None) -> Literal["json", "console"]:
+    """``auto`` becomes ``console`` when ``stream`` (stdout) is a terminal, else ``json``."""
+    if log_format != "auto":
+        return log_format
+    stream = stream if stream is not None else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    return "console" if callable(isatty) and isatty() else "json"
+
+
+def logging_config(level: str = "info", log_format: LogFormat = "auto") -> dict[str, Any]:
+    """A ``dictConfig`` that routes productos, gunicorn and uvicorn logs to stdout, as JSON or for a terminal."""
     level = level.upper()
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+    chosen = resolve_log_format(log_format)
+    handler = {"class": "logging.StreamHandler", "formatter": chosen, "stream": "ext://sys.stdout"}
     quiet = {"handlers": [], "propagate": True}
+    formatter: dict[str, Any] = {"()": JsonFormatter} if chosen == "json" else {"()": ConsoleFormatter}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter}},
+        "formatters": {chosen: formatter},
         "handlers": {"stdout": handler},
         "root": {"handlers": ["stdout"], "level": level},
         "loggers": {
@@ -99,6 +169,7 @@ def logging_config(level: str = "info") -> dict[str, Any]:
     }
 
 
-def configure_logging(level: str = "info") -> None:
-    logging.config.dictConfig(logging_config(level))
+def configure_logging(level: str = "info", log_format: LogFormat = "auto") -> None:
+    """Route every log line to stdout in ``log_format``, at ``level``."""
+    logging.config.dictConfig(logging_config(level, log_format))
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]

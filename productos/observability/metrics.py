@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 #: The environment variable prometheus-client reads to switch to multiprocess mode.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _SHM = "/dev/shm"  # noqa: S108 - mkdtemp makes a private (0700), unique directory in it
+#: Multiprocess directories are named ``productos-metrics-<master's pid>-<random>``.
+_PREFIX = "productos-metrics-"
 
 #: The semantic conventions' advice for ``http.server.request.duration``, in seconds.
 HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -69,10 +71,30 @@ def create_multiprocess_dir() -> str:
     """
     # In memory (tmpfs) where there is one: every request writes to these files, and pages of a file on disk
     # are written back and write-protected again and again.
-    base = _SHM if os.path.isdir(_SHM) and os.access(_SHM, os.W_OK) else None
-    path = tempfile.mkdtemp(prefix="productos-metrics-", dir=base)
+    base = _SHM if os.path.isdir(_SHM) and os.access(_SHM, os.W_OK) else tempfile.gettempdir()
+    _remove_orphans(base)
+    # Named after the master, so that a later start can tell when it is gone (see _remove_orphans).
+    path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
     os.environ[MULTIPROC_ENV] = path
     return path
+
+
+def _remove_orphans(base: str) -> None:
+    """Remove the directories of masters that are gone: one killed with SIGKILL runs no exit handler."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        pid, dash, _ = name.removeprefix(_PREFIX).partition("-")
+        if not name.startswith(_PREFIX) or not dash or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except OSError:
+            continue  # alive, and someone else's
 
 
 def remove_multiprocess_dir(path: str) -> None:

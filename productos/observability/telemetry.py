@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from productos.observability.logging import set_xray_trace_ids
 from productos.observability.metrics import Metrics, multiprocess_dir
 from productos.observability.proxies import TrustedProxies
-from productos.observability.tracing import Tracing, create_tracing
+from productos.observability.tracing import OTLP_SETTING, XRAY_SETTING, Tracing, create_tracing, missing_extra
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -67,6 +68,25 @@ def exporter_kind(settings: Settings) -> str:
     return kind
 
 
+def require_extras(settings: Settings) -> None:
+    """Check that the optional exporters ``settings`` ask for are installed, before anything starts.
+
+    Raises:
+        ConfigurationError: naming the setting and the extra to install (``pip install 'productos[otlp]'``).
+    """
+    needs: list[tuple[str, str, tuple[str, ...]]] = []
+    if exporter_kind(settings) == "otlp" and (settings.metrics_enabled or settings.tracing_enabled):
+        needs.append((OTLP_SETTING, "otlp", ("opentelemetry.exporter.otlp.proto.http",)))
+    if settings.xray and settings.tracing_enabled:
+        needs.append((XRAY_SETTING, "xray", ("opentelemetry.propagators.aws", "opentelemetry.sdk.extension.aws")))
+    for setting, extra, modules in needs:
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise missing_extra(setting, extra, exc) from exc
+
+
 def _resource(settings: Settings) -> Resource:
     from opentelemetry.sdk.resources import Resource
 
@@ -96,7 +116,10 @@ def _meter_provider(resource: Resource, exporter: str, endpoint: str | None) -> 
     if exporter == "console":
         metric_exporter = ConsoleMetricExporter()
     else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        try:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        except ImportError as exc:
+            raise missing_extra(OTLP_SETTING, "otlp", exc) from exc
 
         metric_exporter = OTLPMetricExporter(endpoint=f"{endpoint.rstrip('/')}/v1/metrics" if endpoint else None)
     # The export interval is OTEL_METRIC_EXPORT_INTERVAL (ms, 60 s by default).
@@ -111,7 +134,12 @@ def _meter_provider(resource: Resource, exporter: str, endpoint: str | None) -> 
 
 
 def build_telemetry(settings: Settings) -> Telemetry:
-    """Create the worker's telemetry from ``settings``. Call it in the worker (after any fork), once."""
+    """Create the worker's telemetry from ``settings``. Call it in the worker (after any fork), once.
+
+    Raises:
+        ConfigurationError: a setting asks for an exporter whose extra is not installed (see ``require_extras``).
+    """
+    require_extras(settings)
     set_xray_trace_ids(settings.xray)
     exporter = exporter_kind(settings)
     endpoint = settings.otel_exporter_otlp_endpoint

@@ -4,9 +4,9 @@ The provider is created in each worker after gunicorn forks (in the app's lifesp
 nor in the master: the batch span processor runs a thread, and threads do not survive a fork.
 
 Exporters: ``otlp`` (OTLP over HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT``; the exporter's other ``OTEL_*``
-variables apply), ``console`` (development), ``none``. With ``none`` every span is sampled out: spans still
-carry a trace id (for the logs, and to propagate an incoming one), but none is recorded, so tracing costs
-next to nothing when nothing exports it.
+variables apply; the ``otlp`` extra), ``console`` (development), ``none``. X-Ray ids and propagation need the
+``xray`` extra. With ``none`` every span is sampled out: spans still carry a trace id (for the logs, and to
+propagate an incoming one), but none is recorded, so tracing costs next to nothing when nothing exports it.
 """
 
 from __future__ import annotations
@@ -101,12 +101,34 @@ class Tracing:
         self.provider.shutdown()
 
 
+#: What asks for each optional exporter, as the error for a missing extra says it.
+OTLP_SETTING = "PRODUCTOS_OTEL_EXPORTER=otlp (or OTEL_EXPORTER_OTLP_ENDPOINT with PRODUCTOS_OTEL_EXPORTER=auto)"
+XRAY_SETTING = "PRODUCTOS_XRAY=true"
+
+
+def missing_extra(setting: str, extra: str, exc: ImportError) -> ConfigurationError:
+    """The error for a setting that needs an extra of productos that is not installed."""
+    missing = f" (no module {exc.name})" if exc.name else ""
+    return ConfigurationError(
+        f"{setting} needs the {extra!r} extra of productos, which is not installed{missing}: "
+        f"pip install 'productos[{extra}]'"
+    )
+
+
 def span_exporter(kind: str, endpoint: str | None) -> SpanExporter | None:
+    """The span exporter ``kind`` names (``otlp``, ``console`` or ``none``: ``None``).
+
+    Raises:
+        ConfigurationError: ``otlp`` without the ``otlp`` extra.
+    """
     if kind == "none":
         return None
     if kind == "console":
         return ConsoleSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise missing_extra(OTLP_SETTING, "otlp", exc) from exc
 
     return OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces" if endpoint else None)
 
@@ -115,7 +137,7 @@ def create_tracing(resource: Resource, *, exporter: str, endpoint: str | None, x
     """A tracer provider exporting to ``exporter`` (``otlp``, ``console`` or ``none``).
 
     Raises:
-        ConfigurationError: X-Ray was asked for and its packages are not installed.
+        ConfigurationError: the exporter or X-Ray was asked for and its extra is not installed.
     """
     span_export = span_exporter(exporter, endpoint)
     # Nothing exported: sample every span out (see the module's docstring). Otherwise the SDK's default,
@@ -128,10 +150,7 @@ def create_tracing(resource: Resource, *, exporter: str, endpoint: str | None, x
             from opentelemetry.propagators.aws import AwsXRayPropagator
             from opentelemetry.sdk.extension.aws.trace import AwsXRayIdGenerator
         except ImportError as exc:
-            raise ConfigurationError(
-                "PRODUCTOS_XRAY=true needs the packages opentelemetry-propagator-aws-xray and "
-                "opentelemetry-sdk-extension-aws"
-            ) from exc
+            raise missing_extra(XRAY_SETTING, "xray", exc) from exc
         id_generator = AwsXRayIdGenerator()
         # X-Ray last: when both headers come in, the ALB's or API Gateway's X-Ray context wins.
         propagator = CompositePropagator([TraceContextTextMapPropagator(), AwsXRayPropagator()])

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.domain.ports import HealthProbe
@@ -29,7 +30,7 @@ from productos.observability.publishing import open_metrics_publishing
 from productos.runtime.settings_loader import ResolvedSettings, open_settings
 from productos.settings import Settings
 
-__all__ = ["Runtime", "open_engine", "open_runtime"]
+__all__ = ["Runtime", "open_engine", "open_migration_engine", "open_runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,13 @@ async def open_runtime(
         if aws is None:
             aws = await stack.enter_async_context(AwsClients.from_settings(resolved.settings))
         engine = await stack.enter_async_context(open_engine(resolved.settings, aws=aws, secret=resolved.secret))
-        if resolved.settings.should_migrate_on_start:
-            for migration in migrations:
-                await upgrade_to_head(
-                    engine, script_location=migration.script_location, version_table=migration.version_table
-                )
+        if resolved.settings.should_migrate_on_start and migrations:
+            owner_engine = open_migration_engine(resolved.settings, aws=aws, secret=resolved.secret, engine=engine)
+            async with owner_engine as owner:
+                for migration in migrations:
+                    await upgrade_to_head(
+                        owner, script_location=migration.script_location, version_table=migration.version_table
+                    )
         # PRODUCTOS_METRICS_PUBLISHER: one worker per instance publishes; its final flush precedes disposal.
         await stack.enter_async_context(open_metrics_publishing(resolved.settings, aws=aws))
         yield Runtime(
@@ -95,37 +98,63 @@ async def open_runtime(
 
 @asynccontextmanager
 async def open_engine(
-    settings: Settings, *, aws: AwsClients | None = None, secret: SecretsManagerSource | None = None
+    settings: Settings,
+    *,
+    aws: AwsClients | None = None,
+    secret: SecretsManagerSource | None = None,
+    url: SecretStr | None = None,
 ) -> AsyncIterator[AsyncEngine]:
     """The engine, logging new connections in as the settings say; disposed on exit.
 
     ``DB_IAM_AUTH=true``: a fresh RDS IAM token per new connection. ``PRODUCTOS_SECRET_ID`` whose secret
-    holds ``DATABASE_URL``'s login: the secret's current credentials, refreshed every ``PRODUCTOS_SECRET_TTL``
-    in the background and re-read when the database refuses a login. Otherwise ``DATABASE_URL`` as it is.
+    holds the URL's login: the secret's current credentials, refreshed every ``PRODUCTOS_SECRET_TTL`` in the
+    background and re-read when the database refuses a login. Otherwise the URL as it is.
 
     Args:
         settings: the service's settings.
         aws: shared AWS clients; opened here (and closed on exit) when needed and not given.
         secret: the secret already read while loading the settings, so start-up reads it once.
+        url: another database URL than ``DATABASE_URL`` (``DATABASE_MIGRATE_URL``), with the same settings.
     """
+    raw = (settings.database_url if url is None else url).get_secret_value()
     async with AsyncExitStack() as stack:
-        if aws is None and (settings.db_iam_auth or settings.secret_id) and not settings.is_sqlite:
+        is_sqlite = raw.startswith("sqlite")
+        if aws is None and (settings.db_iam_auth or settings.secret_id) and not is_sqlite:
             aws = await stack.enter_async_context(AwsClients.from_settings(settings))
-        credentials = await _credentials(settings, aws, secret)
+        credentials = None if is_sqlite else await _credentials(settings, raw, aws, secret)
         if isinstance(credentials, SecretDatabaseCredentials):
             refresher = asyncio.create_task(credentials.source.keep_fresh(), name="productos-secret-refresh")
             stack.push_async_callback(_cancel, refresher)
-        engine = create_engine(settings, credentials=credentials)
+        engine = create_engine(settings, credentials=credentials, url=url)
         stack.push_async_callback(engine.dispose)
         yield engine
 
 
+@asynccontextmanager
+async def open_migration_engine(
+    settings: Settings,
+    *,
+    aws: AwsClients | None = None,
+    secret: SecretsManagerSource | None = None,
+    engine: AsyncEngine | None = None,
+) -> AsyncIterator[AsyncEngine]:
+    """The engine migrations run on: ``DATABASE_MIGRATE_URL``'s (the schema owner, straight to PostgreSQL)
+    when it is set, disposed on exit; else ``engine``, the service's own, when given; else ``DATABASE_URL``'s."""
+    if settings.database_migrate_url is None and engine is not None:
+        yield engine
+        return
+    # The schema owner's login goes straight to PostgreSQL: DB_POOLER describes the service's URLs, not this one.
+    direct = settings.model_copy(update={"db_pooler": "none"})
+    async with open_engine(direct, aws=aws, secret=secret, url=settings.database_migrate_url) as owner:
+        yield owner
+
+
 async def _credentials(
-    settings: Settings, aws: AwsClients | None, secret: SecretsManagerSource | None
+    settings: Settings, raw_url: str, aws: AwsClients | None, secret: SecretsManagerSource | None
 ) -> DatabaseCredentialsProvider | None:
-    if settings.is_sqlite or aws is None:
+    if aws is None:
         return None
-    target = parse_database_url(settings.database_url.get_secret_value())
+    target = parse_database_url(raw_url)
     url = target.url
     if settings.db_iam_auth:
         if "ssl" not in target.connect_args:
@@ -143,7 +172,7 @@ async def _credentials(
         secret = SecretsManagerSource(await aws.client("secretsmanager"), settings.secret_id, ttl=settings.secret_ttl)
     if not supplies_login(await secret.current(), user=url.username, password=url.password):
         logger.info(
-            "DATABASE_URL's login is not the secret's: new connections use DATABASE_URL as it is",
+            "the database URL's login is not the secret's: new connections use the URL as it is",
             extra={"secret_id": settings.secret_id},
         )
         return None

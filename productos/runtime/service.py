@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
-from productos.http.errors import install_error_handlers
+from productos.http.errors import UnhandledErrorMiddleware, install_error_handlers
+from productos.http.limits import ConcurrencyLimitMiddleware
 from productos.http.metrics import router as metrics_router
 from productos.http.middleware import BodySizeLimitMiddleware
 from productos.infra.db.migrate import Migrations
@@ -83,7 +84,7 @@ def create_service(
                     # A service is named after its title unless PRODUCTOS_SERVICE_NAME says otherwise.
                     named = resolved.settings.model_copy(update={"service_name": title})
                     resolved = dataclasses.replace(resolved, settings=named)
-            configure_logging(resolved.settings.log_level)
+            configure_logging(resolved.settings.log_level, resolved.settings.log_format)
             # Telemetry per worker, after gunicorn's fork: its exporters run threads. Entered first so it is
             # closed last, and exports everything the runtime's shutdown does.
             telemetry = await stack.enter_async_context(open_telemetry(resolved.settings))
@@ -94,6 +95,7 @@ def create_service(
             yield {
                 RUNTIME: runtime,
                 BodySizeLimitMiddleware.STATE_KEY: runtime.settings.max_body_size,
+                ConcurrencyLimitMiddleware.STATE_KEY: runtime.settings.max_concurrent_requests,
                 Telemetry.STATE_KEY: telemetry,
                 **(state(runtime) if state is not None else {}),
             }
@@ -119,5 +121,9 @@ def create_service(
         return JSONResponse({"message": f"Bienvenido a {title}", "docs": "/docs", "health": "/health"})
 
     app.add_middleware(BodySizeLimitMiddleware)
+    # Inside the request context: a refused request is measured, logged and carries X-Request-ID too.
+    app.add_middleware(ConcurrencyLimitMiddleware)
+    # Just inside the request context: a 500 carries X-Request-ID, its log line the request and trace ids.
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -58,7 +58,8 @@ def database_url(workdir: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def servers(workdir: Path, database_url: str) -> Iterator[dict[str, Server]]:
     specs = contenders()
-    keys = "abcd" + ("e" if importlib.util.find_spec("psycopg2") else "") + ("f" if HAS_F else "")
+    # g: productos through a PgBouncer the server starts (Debian's package; .ci/run installs it).
+    keys = "abcd" + ("e" if importlib.util.find_spec("psycopg2") else "") + ("f" if HAS_F else "") + "g"
     started: dict[str, Server] = {}
     try:
         for key in keys:
@@ -76,7 +77,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 def test_asyncpg_contenders_answer_exactly_what_productos_answers(servers: dict[str, Server]) -> None:
     for path in ("/productos/7", "/productos?limit=5", "/productos?after=10&limit=3", "/productos/10"):
-        keys = "abcf" if "f" in servers else "abc"
+        keys = ("abcf" if "f" in servers else "abc") + "g"
         bodies = {key: httpx.get(servers[key].base_url + path, timeout=10).json() for key in keys}
         for key in keys[1:]:
             assert bodies[key] == bodies["a"], (key, path)
@@ -109,6 +110,14 @@ def test_every_contender_creates_with_the_same_shape(servers: dict[str, Server])
         )
         shapes[key] = sorted(body)
     assert all(shape == shapes["a"] for shape in shapes.values()), shapes
+
+
+def test_the_pgbouncer_contender_goes_through_its_pgbouncer(servers: dict[str, Server]) -> None:
+    server = servers["g"]
+    assert server.pgbouncer is not None and server.env["DB_POOLER"] == "transaction"
+    assert f"@127.0.0.1:{server.pgbouncer.port}/" in server.env["DATABASE_URL"]
+    assert httpx.get(server.base_url + "/productos/3", timeout=10).status_code == 200
+    assert "login attempt: db=productos_bench_test" in server.pgbouncer.output()
 
 
 def test_workers_report_their_peak_memory(servers: dict[str, Server]) -> None:
@@ -235,7 +244,7 @@ def test_parse_wrk_finds_the_report_line() -> None:
 
 def _synthetic_result(tmp_path: Path) -> dict[str, Any]:
     runs = []
-    for key, rps in zip("abcdef", (900.0, 1200.0, 1000.0, 400.0, 100.0, 600.0), strict=True):
+    for key, rps in zip("abcdefg", (900.0, 1200.0, 1000.0, 400.0, 100.0, 600.0, 450.0), strict=True):
         for scenario in ("get_id", "first_page_1m", "deep_page_1m"):
             for conc in (8, 64):
                 for round_no in (1, 2):
@@ -249,8 +258,8 @@ def _synthetic_result(tmp_path: Path) -> dict[str, Any]:
     return {
         "meta": {
             "date": "2026-01-01", "stem": "2026-01-01", "quick": False, "command": "python -m bench.run",
-            "rounds": 2, "duration_s": 5, "warmup_s": 1, "connections": [8, 64], "order": list("abcdef"),
-            "postgres": "15", "contenders": {k: {"name": k * 3} for k in "abcdef"},
+            "rounds": 2, "duration_s": 5, "warmup_s": 1, "connections": [8, 64], "order": list("abcdefg"),
+            "postgres": "15", "contenders": {k: {"name": k * 3} for k in "abcdefg"},
             "machine": {"nproc": 2, "cpu_model": "cpu", "memory_gib": 1, "kernel": "6", "python": "3.11",
                         "fastapi": "x", "sqlalchemy": "x", "uvicorn": "x", "wrk": "wrk"},
         },
@@ -270,6 +279,7 @@ def test_report_computes_medians_ratios_and_goals(tmp_path: Path) -> None:
     section = report.markdown(result)
     assert "| GET /productos/{id} | c8 | 0.75 | 0.90 | 2.25 | 9.00 | 1.50 | 1.00 |" in section
     assert "| a/f from 1.5 (GET /productos/{id}, c8) to 1.5 " in section
+    assert "| GET /productos/{id} | c64 | 0.50 | 1.00 |" in section  # (g) through PgBouncer over (a)
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nend\n")
     report.write_readme(readme, section)

@@ -292,6 +292,20 @@ async def test_if_match_on_missing_product_is_404(client: httpx.AsyncClient) -> 
     assert response.status_code == 404
 
 
+@pytest.mark.parametrize("version", ["2147483647", "2147483648", "999999999999999999", "0"])
+async def test_a_version_no_product_can_have_is_stale_not_a_server_error(
+    client: httpx.AsyncClient, version: str
+) -> None:
+    """Versions are INTEGER: one beyond its range matches no product (412), or there is no product (404)."""
+    item = f"/productos/{(await create(client))['id']}"
+    tag = {"If-Match": f'"{version}"'}
+    assert (await client.put(item, json=MESA, headers=tag)).status_code == 412
+    assert (await client.patch(item, json={"stock": 1}, headers=tag)).status_code == 412
+    assert (await client.delete(item, headers=tag)).status_code == 412
+    assert (await client.get(item)).json()["version"] == 1  # nothing was written
+    assert (await client.delete("/productos/987654", headers=tag)).status_code == 404
+
+
 @pytest.mark.parametrize("value", [b"abc", b'"1.5"', b'"-1"', b'"' + b"9" * 30 + b'"', b'"\xb2"', b'"\xd9\xa1"'])
 async def test_malformed_if_match_is_422(client: httpx.AsyncClient, value: bytes) -> None:
     pid = (await create(client))["id"]

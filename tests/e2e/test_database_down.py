@@ -99,3 +99,14 @@ async def test_refused_login_is_503_not_500(postgres_url: str) -> None:
     real = make_url(postgres_url)
     url = real.set(username="app", password=PASSWORD).render_as_string(hide_password=False)
     await check_unavailable(Settings(database_url=url), real.host or "", real.port or 5432, within=3.0)
+
+
+@pytest.mark.postgres
+async def test_a_database_that_does_not_exist_is_503_not_500(postgres_url: str) -> None:
+    """SQLSTATE 3D000 at login (a wrong name, a database dropped or not yet restored): unavailable, on /health
+    and on every request."""
+    from sqlalchemy.engine import make_url
+
+    real = make_url(postgres_url)
+    url = real.set(database="productos_no_such_database").render_as_string(hide_password=False)
+    await check_unavailable(Settings(database_url=url), real.host or "", real.port or 5432, within=3.0)

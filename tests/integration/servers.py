@@ -31,11 +31,12 @@ class Gunicorn:
 
     Args:
         workdir: the process's working directory; the log file goes there too.
-        env: overrides of the test process's environment (after APP_HOST, APP_PORT and WORKERS).
+        env: overrides of the test process's environment (after APP_HOST, APP_PORT, WORKERS and a drain of 1 s).
         args: ``TUNED`` or ``PLAIN``.
         app: the ASGI application, ``module:attribute``.
         workers: how many workers.
         command: another command line that serves on APP_PORT (``productos serve``), instead of gunicorn's.
+        port: the port, for a server that takes over another's (a restart); a free one by default.
 
     ``with Gunicorn(...) as server`` starts it, waits until ``/health/live`` answers 200, and at the end stops it
     with SIGTERM (SIGKILL if it has not exited 40 s later). A server that exits or is not ready within 30 s
@@ -52,18 +53,25 @@ class Gunicorn:
         app: str = "productos.main:app",
         workers: int = 2,
         command: Sequence[str] | None = None,
+        port: int | None = None,
     ) -> None:
         if tuple(args) not in (TUNED, PLAIN):
             raise ValueError(f"args must be TUNED or PLAIN, not {args!r}")
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"gunicorn-{self.port}.log"
+        restart = 1
+        while self.log_path.exists():  # an earlier server on this port keeps its log
+            restart += 1
+            self.log_path = workdir / f"gunicorn-{self.port}-{restart}.log"
         self.workdir = workdir
         self.env = {
             **os.environ,
             "APP_HOST": "127.0.0.1",
             "APP_PORT": str(self.port),
             "WORKERS": str(workers),
+            # No balancer watches these servers: a short drain keeps every stop quick (test_drain sets its own).
+            "PRODUCTOS_DRAIN_SECONDS": "1",
             **(env or {}),
         }
         if command is not None:
@@ -134,6 +142,23 @@ class Gunicorn:
         process = self._started()
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
+
+    def reload(self) -> None:
+        """Send SIGHUP: gunicorn's graceful reload (new workers, the old ones stopped with SIGTERM)."""
+        self._started().send_signal(signal.SIGHUP)
+
+    @property
+    def pid(self) -> int:
+        """The master's process id."""
+        return self._started().pid
+
+    def worker_pids(self) -> set[int]:
+        """The master's child processes now (its workers)."""
+        pid = self.pid
+        try:
+            return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+        except FileNotFoundError:
+            return set()
 
     def wait(self, timeout: float) -> int:
         """Wait for the exit and return the exit status; killed and ``TimeoutExpired`` after ``timeout`` s."""

@@ -2,6 +2,9 @@
 
 "down" closes the listener and every connection (a stopped or unreachable database); "hang" keeps accepting and
 holding connections but moves no bytes (a frozen database, a black-holed route).
+
+``hold_client_open``: when the server closes a connection, pass on what it sent last but keep the client's side
+open, so the client sees a server's goodbye (a FATAL error) before, not with, the end of the connection.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class ControllableProxy:
         self._server: asyncio.Server | None = None
         self._flowing = asyncio.Event()
         self._writers: set[asyncio.StreamWriter] = set()
+        self.hold_client_open = False
 
     def __enter__(self) -> ControllableProxy:
         self._thread.start()
@@ -79,9 +83,12 @@ class ControllableProxy:
             client_writer.transport.abort()
             return
         self._writers.add(upstream_writer)
-        await asyncio.gather(self._pump(client_reader, upstream_writer), self._pump(upstream_reader, client_writer))
+        await asyncio.gather(
+            self._pump(client_reader, upstream_writer),
+            self._pump(upstream_reader, client_writer, close=not self.hold_client_open),
+        )
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, close: bool = True) -> None:
         try:
             while data := await reader.read(65536):
                 await self._flowing.wait()
@@ -90,4 +97,5 @@ class ControllableProxy:
         except (ConnectionError, OSError):
             pass
         finally:
-            writer.transport.abort()
+            if close:
+                writer.transport.abort()

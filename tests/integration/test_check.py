@@ -48,7 +48,9 @@ def test_healthy_postgres_passes_with_timings(tmp_path: Path, migrated_url: str)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["verdict"] == "ok"
-    assert [step["name"] for step in report["checks"]] == ["dns", "tcp", "login", "query", "schema"]
+    assert [step["name"] for step in report["checks"]] == ["dns", "tcp", "login", "query", "limits", "schema"]
+    limits = next(step for step in report["checks"] if step["name"] == "limits")
+    assert limits["detail"].endswith("set at login") and "statement_timeout 4500 ms" in limits["detail"]
     assert all(step["ms"] is not None and step["ms"] >= 0 for step in report["checks"])
     database = next(row for row in report["settings"] if row["name"] == "DATABASE_URL")
     assert database["source"] == "env" and "***" in database["value"]

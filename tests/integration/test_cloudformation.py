@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import yaml
 
 from productos.entrypoints.aws_cli import run as run_productos_aws
 from productos.entrypoints.cli import build_parser
+from productos.infra.aws import resources
 from productos.runtime import resolve_settings
 from productos.settings import Settings, env_names
 from tests.integration.conftest import REGION, moto_post
@@ -200,9 +202,57 @@ def test_timeouts_match_the_services_settings(template: dict[str, Any]) -> None:
     assert resources_["TargetGroup"]["Properties"]["Port"] == fields["app_port"].default
     idle = {a["Key"]: a["Value"] for a in resources_["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]}
     assert int(idle["idle_timeout.timeout_seconds"]) < fields["keepalive"].default
+
+
+def unit_value(name: str) -> int:
     unit = (DEPLOY / "productos.service").read_text()
-    stop = int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.M).group(1))  # type: ignore[union-attr]
-    assert stop > fields["graceful_timeout"].default
+    found = re.search(rf"^{name}=(\d+)$", unit, re.M)
+    assert found is not None, name
+    return int(found.group(1))
+
+
+def test_the_stop_of_an_instance_fits_together(template: dict[str, Any], tmp_path: Path) -> None:
+    """The drain, gunicorn's graceful timeout, systemd's TimeoutStopSec, the target group's health check and
+    deregistration delay, and the Auto Scaling group's instance refresh, checked against each other."""
+    graceful = Settings.model_fields["graceful_timeout"].default
+    drain = unit_value("Environment=PRODUCTOS_DRAIN_SECONDS")
+    stop = unit_value("TimeoutStopSec")
+    r = template["Resources"]
+    tg = r["TargetGroup"]["Properties"]
+    interval, timeout = tg["HealthCheckIntervalSeconds"], tg["HealthCheckTimeoutSeconds"]
+
+    # Stopped while registered, an instance drains until every ALB node has seen /health fail enough times.
+    assert tg["HealthCheckPath"] == "/health"
+    assert interval * tg["UnhealthyThresholdCount"] + timeout <= drain
+    assert Settings.model_fields["health_timeout"].default < timeout < interval
+    # ... and no longer than a deploy needs: the guide's 30 s x 3 checks made that 90 s per instance.
+    assert drain <= 20 and Settings.model_fields["drain_seconds"].default < drain
+
+    # gunicorn's master, with the unit's environment, waits for the drain and the in-flight requests; each worker
+    # keeps its margin for the app's shutdown inside that; systemd waits longer than the master.
+    env = {**os.environ, "PRODUCTOS_DRAIN_SECONDS": str(drain)}
+    master = subprocess.run(
+        [sys.executable, "-c", "from productos import gunicorn_conf as c; print(c.graceful_timeout)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert int(master.stdout) == drain + graceful
+    assert stop >= drain + graceful + 5
+
+    # The Auto Scaling group deregisters an instance and waits the deregistration delay before it terminates it:
+    # requests in flight at the ALB get the graceful timeout, as they do after SIGTERM.
+    attributes = {a["Key"]: a["Value"] for a in tg["TargetGroupAttributes"]}
+    assert int(attributes["deregistration_delay.timeout_seconds"]) == graceful
+
+    # The instance refresh (deploy/README.md, both commands): its warm-up is the group's health check grace
+    # period and the scaling policies' warm-up, in which a new instance passes the ALB's checks many times over.
+    readme = (DEPLOY / "README.md").read_text()
+    preferences = [json.loads(found) for found in re.findall(r"--preferences '([^']+)'", readme)]
+    assert len(preferences) == 2 and preferences[0] == preferences[1]
+    asg = r["AutoScalingGroup"]["Properties"]
+    warmup = preferences[0]["InstanceWarmup"]
+    assert warmup == asg["HealthCheckGracePeriod"] == resources.INSTANCE_WARMUP
+    assert interval * tg["HealthyThresholdCount"] < warmup
+    assert preferences[0]["MinHealthyPercentage"] >= 50  # one of two instances at a time: the other serves
 
 
 def test_instances_rds_and_api_are_the_guides(template: dict[str, Any]) -> None:
@@ -502,7 +552,8 @@ def test_moto_creates_the_auto_scaling_group(moto_stack: MotoStack) -> None:
     assert len(group["Instances"]) == 2
 
 
-def test_moto_creates_the_target_group_with_the_guides_health_check(moto_stack: MotoStack) -> None:
+def test_moto_creates_the_target_group_with_the_kits_health_check(moto_stack: MotoStack) -> None:
+    """Every 5 s, out after 2 failures (the guide's is 30 s x 3: see test_the_stop_of_an_instance_fits_together)."""
     elbv2 = moto_stack.client("elbv2")
     (group,) = elbv2.describe_target_groups(TargetGroupArns=[moto_stack.physical["TargetGroup"]])["TargetGroups"]
     assert {k: group[k] for k in (
@@ -510,8 +561,8 @@ def test_moto_creates_the_target_group_with_the_guides_health_check(moto_stack: 
         "HealthCheckTimeoutSeconds", "HealthyThresholdCount", "UnhealthyThresholdCount", "Matcher",
     )} == {
         "Protocol": "HTTP", "Port": 8000, "HealthCheckProtocol": "HTTP", "HealthCheckPath": "/health",
-        "HealthCheckIntervalSeconds": 30, "HealthCheckTimeoutSeconds": 5, "HealthyThresholdCount": 2,
-        "UnhealthyThresholdCount": 3, "Matcher": {"HttpCode": "200"},
+        "HealthCheckIntervalSeconds": 5, "HealthCheckTimeoutSeconds": 4, "HealthyThresholdCount": 2,
+        "UnhealthyThresholdCount": 2, "Matcher": {"HttpCode": "200"},
     }  # fmt: skip
     listeners = {
         listener["Port"]: listener

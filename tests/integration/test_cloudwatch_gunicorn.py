@@ -67,6 +67,9 @@ class Site:
             "DB_POOL_SIZE": "2",
             "DB_MAX_OVERFLOW": "3",
             "DB_STATEMENT_TIMEOUT": "30",
+            # hold_connections() keeps requests waiting on a table lock for 2.5 s: longer than the default
+            # lock timeout (which would answer them 409).
+            "DB_LOCK_TIMEOUT": "10",
             **extra,
         }
 

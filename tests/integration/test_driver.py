@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from productos.domain.errors import ConflictError, DatabaseUnavailableError
+from productos.domain.errors import ConcurrentUpdateError, ConflictError, DatabaseUnavailableError
 from productos.infra.db.driver import DriverConnection, DriverUnitOfWorkBase, add_statement_listener
 from productos.infra.db.engine import create_engine
 from tests.conftest import make_settings
+from tests.integration.tcp_proxy import ControllableProxy
 
 pytestmark = pytest.mark.postgres
 
@@ -145,3 +147,116 @@ async def test_a_refused_connection_is_database_unavailable() -> None:
         assert "127.0.0.1" not in str(raised.value)
     finally:
         await engine.dispose()
+
+
+# --- failures of the connection and of the server ---------------------------------------------------------------
+
+
+async def _admin(url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
+
+
+async def _terminate(url: str, pid: int) -> None:
+    """pg_terminate_backend, then wait until the backend has gone (its FATAL 57P01 sent)."""
+    admin = await _admin(url)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        for _ in range(100):
+            if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                return
+            await asyncio.sleep(0.02)
+        pytest.fail(f"backend {pid} was not terminated")
+    finally:
+        await admin.close()
+
+
+async def test_a_terminated_backend_is_unavailable_and_every_older_connection_is_replaced(
+    engine: AsyncEngine, clean_postgres: str
+) -> None:
+    async with Unit(engine, read_only=True) as first, Unit(engine, read_only=True) as second:
+        pid = await first.connection.fetchval("SELECT pg_backend_pid()")
+        other = await second.connection.fetchval("SELECT pg_backend_pid()")
+        await _terminate(clean_postgres, pid)
+        with pytest.raises(DatabaseUnavailableError):
+            await first.connection.fetchval("SELECT 1")
+        assert first.connection.failed
+    assert first.connection.driver.is_closed()
+    assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    # The other connection was opened before the server was lost: replaced on checkout, not failing once.
+    assert {await _backend_pid(engine) for _ in range(3)}.isdisjoint({pid, other})
+
+
+async def test_a_connection_the_server_closed_in_the_pool_is_replaced_on_checkout(
+    engine: AsyncEngine, clean_postgres: str
+) -> None:
+    pid = await _backend_pid(engine)
+    await _terminate(clean_postgres, pid)
+    await asyncio.sleep(0.05)  # the goodbye and the end of the connection reach asyncpg
+    # Idle for less than DB_POOL_PRE_PING_IDLE, so not pinged: asyncpg already knows it is closed.
+    assert await _count(engine) == 0
+    assert await _backend_pid(engine) != pid
+
+
+async def test_a_goodbye_seen_before_the_connection_closes_is_unavailable_not_a_500(clean_postgres: str) -> None:
+    """The issue's ``InternalClientError: cannot switch to state 12``: the server's FATAL 57P01 arrives while the
+    connection is idle, and the next statement starts before the socket's end is seen (a proxy holds it open)."""
+    parts = urlsplit(clean_postgres)
+    with ControllableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        proxy.hold_client_open = True
+        proxy.set_mode("forward")
+        url = clean_postgres.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+        engine = create_engine(make_settings(url, db_statement_timeout=2))
+        try:
+            async with Unit(engine, read_only=True) as unit:
+                pid = await unit.connection.fetchval("SELECT pg_backend_pid()")
+                await _terminate(clean_postgres, pid)
+                await asyncio.sleep(0.05)
+                assert not unit.connection.driver.is_closed()
+                with pytest.raises(DatabaseUnavailableError) as raised:
+                    await unit.connection.fetchval("SELECT 1")
+                assert isinstance(raised.value.__cause__, asyncpg.InternalClientError)
+                assert "cannot switch to state" in str(raised.value.__cause__)
+                assert unit.connection.failed
+            assert unit.connection.driver.is_closed()
+            assert await _backend_pid(engine) != pid
+        finally:
+            await engine.dispose()
+
+
+async def test_a_write_refused_as_read_only_is_unavailable_and_its_connection_replaced(
+    engine: AsyncEngine,
+) -> None:
+    """SQLSTATE 25006: what a write meets on a server a failover has demoted (Aurora's old writer)."""
+    pid = await _backend_pid(engine)
+    async with Unit(engine, autocommit=True) as unit:
+        await unit.connection.execute("SET default_transaction_read_only = on")
+        with pytest.raises(DatabaseUnavailableError) as raised:
+            await unit.connection.fetchval(_INSERT, "a", 1)
+        assert isinstance(raised.value.__cause__, asyncpg.ReadOnlySQLTransactionError)
+        assert unit.connection.failed
+    assert await _backend_pid(engine) != pid
+    assert await _count(engine) == 0
+
+
+async def test_sessions_carry_the_limits_and_a_lock_wait_ends_with_a_retryable_conflict(
+    engine: AsyncEngine, clean_postgres: str
+) -> None:
+    # DB_STATEMENT_TIMEOUT 0.5 s: the server's statement_timeout is 90 % of it, lock_timeout at most half of it.
+    async with Unit(engine, read_only=True) as unit:
+        assert await unit.connection.fetchval("SHOW statement_timeout") == "450ms"
+        assert await unit.connection.fetchval("SHOW lock_timeout") == "250ms"
+        pid = await unit.connection.fetchval("SELECT pg_backend_pid()")
+    async with Unit(engine, autocommit=True) as unit:
+        producto_id = await unit.connection.fetchval(_INSERT, "a", 1)
+    holder = await _admin(clean_postgres)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM productos WHERE id = $1 FOR UPDATE", producto_id)
+            async with Unit(engine, autocommit=True) as unit:
+                with pytest.raises(ConcurrentUpdateError) as raised:
+                    await unit.connection.execute("UPDATE productos SET stock = 1 WHERE id = $1", producto_id)
+                assert raised.value.__cause__.sqlstate == "55P03"  # type: ignore[union-attr]
+                assert not unit.connection.failed
+    finally:
+        await holder.close()
+    assert await _backend_pid(engine) == pid  # a refused lock leaves the connection sound: kept

@@ -62,7 +62,15 @@ def test_productos_serve_on_the_embedded_default(tmp_path: Path, monkeypatch: py
 
 async def test_sigterm_lets_in_flight_requests_finish(workdir: Path, database_url: str) -> None:
     """Slow requests (blocked on a row lock the test holds) all complete after SIGTERM reaches gunicorn."""
-    with Gunicorn(workdir, {"DATABASE_URL": database_url, "PRODUCTOS_GRACEFUL_TIMEOUT": "20"}) as server:
+    # The PATCHes wait on the lock for 2.5 s and more: past the default DB_LOCK_TIMEOUT (1 s, a 409), which may
+    # be at most half of DB_STATEMENT_TIMEOUT.
+    env = {
+        "DATABASE_URL": database_url,
+        "PRODUCTOS_GRACEFUL_TIMEOUT": "20",
+        "DB_STATEMENT_TIMEOUT": "20",
+        "DB_LOCK_TIMEOUT": "10",
+    }
+    with Gunicorn(workdir, env) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
             created = (await client.post("/productos", json={"nombre": "lento", "precio": 1})).json()
             url = f"/productos/{created['id']}"

@@ -55,9 +55,15 @@ class PoolView:
     async def assert_counts(self, used: int, idle: int) -> None:
         assert self.counts() == (used, idle)
         assert self.engine.sync_engine.pool.checkedout() == used  # type: ignore[attr-defined]
-        sessions = await self.admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", self.name
-        )
+        # A connection the pool let go is closed without waiting (terminated): its server session ends a moment
+        # later, so the server's count may lag the pool's; it must catch up.
+        for _ in range(250):
+            sessions = await self.admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", self.name
+            )
+            if sessions == used + idle:
+                break
+            await asyncio.sleep(0.02)
         assert sessions == used + idle
 
 

@@ -11,7 +11,9 @@ than the rest of a request's database work together (``bench/README.md``).
   events feed), and its errors become domain errors as ``translate_db_errors`` makes them.
 - A connection that fails in a way that leaves it unusable is invalidated on release, as SQLAlchemy does
   with its own: a lost server (connection errors, shutdown) invalidates every older pooled connection too, so
-  after a failover the next checkouts reconnect instead of each failing once.
+  after a failover the next checkouts reconnect instead of each failing once. Releasing never waits: an
+  unusable connection is terminated (its socket closed at once), not closed gracefully, as a hung server
+  would keep a graceful close waiting inside the request.
 - ``DriverUnitOfWorkBase``: the unit of work on it, for any service's repositories.
 """
 
@@ -28,8 +30,8 @@ import asyncpg
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.util import greenlet_spawn
 
+from productos.domain.errors import DatabaseUnavailableError
 from productos.infra.db.uow import UnitOfWorkBase, domain_error
 
 __all__ = [
@@ -45,8 +47,11 @@ StatementListener = Callable[[str, int, BaseException | None], None]
 
 _listeners: weakref.WeakKeyDictionary[Any, tuple[StatementListener, ...]] = weakref.WeakKeyDictionary()
 
-#: SQLSTATEs after which the server is gone: admin_shutdown, crash_shutdown, cannot_connect_now.
-_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
+#: SQLSTATEs after which this server is gone for this session: 57P operator intervention (admin_shutdown,
+#: crash_shutdown, cannot_connect_now, database_dropped, idle_session_timeout), and 25006 read_only_sql_transaction:
+#: a write on a server that a failover has made a replica (Aurora's old writer), where the connections opened
+#: before now all point.
+_SERVER_GONE = ("57P", "25006")
 
 _BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
@@ -63,13 +68,15 @@ def supports_driver_statements(engine: AsyncEngine) -> bool:
 
 
 def _server_gone(exc: BaseException) -> bool:
-    # InternalClientError: the connection's protocol is in a state it cannot leave ("cannot switch to state
-    # 12"), as when a statement races the server's goodbye on a terminated backend.
+    # InternalClientError: the server's goodbye (a FATAL 57P01 from a shutdown or pg_terminate_backend) reached
+    # the connection while it was idle; asyncpg's protocol cannot take an error there and is left consuming
+    # (state 2) until the socket's close is seen, so a statement in between fails with "cannot switch to state
+    # 12; another operation (2) is in progress" (asyncpg/protocol/coreproto.pyx).
     if isinstance(
         exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | asyncpg.InternalClientError | OSError
     ):
         return True
-    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _SERVER_GONE
+    return isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate).startswith(_SERVER_GONE)
 
 
 def _connection_usable(exc: BaseException) -> bool:
@@ -136,13 +143,12 @@ class DriverConnection:
 
     async def release(self) -> None:
         """Return the connection to the pool; invalidate it first when a failure left it unusable (or left
-        it inside a transaction)."""
+        it inside a transaction). Awaits nothing: the request that releases never waits for the server."""
         pooled, failure = self._pooled, self._failure
-        if failure is None and not self.in_transaction():
-            # The pool's reset on return only rolls back what SQLAlchemy itself began: nothing to await.
-            pooled.close()
-            return
-        await greenlet_spawn(_invalidate, pooled, failure)
+        if failure is not None or self.in_transaction():
+            _invalidate(pooled, self.driver, failure)
+        # The pool's reset on return only rolls back what SQLAlchemy itself began: nothing to await.
+        pooled.close()
 
     async def _run(self, method: Callable[..., Awaitable[Any]], statement: str, args: tuple[Any, ...]) -> Any:
         started = time.perf_counter_ns()
@@ -150,11 +156,17 @@ class DriverConnection:
             result = await method(statement, *args)
         except BaseException as exc:
             elapsed = time.perf_counter_ns() - started
-            if not _connection_usable(exc):
+            # A connection the server has closed is gone, whatever the error said (a FATAL of any SQLSTATE).
+            closed = self.driver.is_closed()
+            if closed or not _connection_usable(exc):
                 self._failure = exc
             for listener in self._listeners:
                 listener(statement, elapsed, exc)
-            translated = domain_error(exc) if isinstance(exc, Exception) else None
+            if not isinstance(exc, Exception):
+                raise
+            translated = domain_error(exc)
+            if translated is None and closed:
+                translated = DatabaseUnavailableError(reason=f"{type(exc).__name__}, connection closed")
             if translated is None:
                 raise
             raise translated from exc
@@ -164,15 +176,18 @@ class DriverConnection:
         return result
 
 
-def _invalidate(pooled: PoolProxiedConnection, failure: BaseException | None) -> None:
-    """In SQLAlchemy's greenlet: closing a connection awaits."""
+def _invalidate(pooled: PoolProxiedConnection, driver: asyncpg.Connection, failure: BaseException | None) -> None:
+    """Take the connection out of the pool without awaiting: ``terminate()`` closes its socket now (sending
+    PostgreSQL's Terminate message when it can), where asyncpg's graceful close would wait for a cancel request
+    and the server's goodbye (``close(timeout=2)``). Outside SQLAlchemy's greenlet, its own close of the
+    connection is asyncpg's ``terminate()`` too."""
+    driver.terminate()
     if failure is not None and _server_gone(failure):
         # What SQLAlchemy does on a disconnect: connections opened before now are replaced on their next
         # checkout, as they very likely died with this one.
         pooled._pool._invalidate(pooled, failure)
     elif pooled.is_valid:
         pooled.invalidate(failure)
-    pooled.close()
 
 
 class DriverUnitOfWorkBase(UnitOfWorkBase[DriverConnection]):
@@ -180,12 +195,14 @@ class DriverUnitOfWorkBase(UnitOfWorkBase[DriverConnection]):
 
     Subclasses bind their repositories to the connection in ``_bind``. Read-only units, and ``autocommit``
     ones (a unit that runs a single write statement, atomic by itself), run each statement on its own: one
-    round trip, where a transaction adds a BEGIN and a COMMIT. Leaving without ``commit()`` rolls back.
+    round trip, where a transaction adds a BEGIN and a COMMIT. Behind a transaction-mode pooler
+    (``DB_POOLER=transaction``) they too run in a transaction, committed at their end. Leaving a transactional
+    unit without ``commit()`` rolls back.
     """
 
     async def __aenter__(self) -> Self:
         conn = await DriverConnection.checkout(self._engine, timeout=self._acquire_timeout)
-        if self._transactional:
+        if self._begins:
             try:
                 await conn.execute(_BEGIN)
             except BaseException:
@@ -207,7 +224,7 @@ class DriverUnitOfWorkBase(UnitOfWorkBase[DriverConnection]):
         try:
             # A connection that failed is invalidated by release(); the server rolls back when it goes.
             if not conn.failed and conn.in_transaction():
-                await conn.execute("ROLLBACK")
+                await conn.execute("ROLLBACK" if self._transactional else "COMMIT")
         finally:
             await conn.release()
 

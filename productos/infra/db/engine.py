@@ -2,20 +2,31 @@
 
 With a ``DatabaseCredentialsProvider`` (a rotating Secrets Manager secret, RDS IAM tokens), every new
 connection asks it for its login; pooled connections stay logged in.
+
+``DB_POOLER=transaction`` (PgBouncer in transaction mode, RDS Proxy), for every URL an engine is made for: the
+pooler hands each transaction to whichever server connection is free, so nothing may outlive a transaction on
+the server. No session settings at login (the session limits are set per transaction, ``SessionLimits``), no
+named prepared statements (asyncpg's and SQLAlchemy's statement caches are off: asyncpg then sends each statement
+unnamed, parsed again with each execution), and units of work run every statement inside BEGIN...COMMIT
+(``behind_pooler``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import asyncpg
+from pydantic import SecretStr
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from productos.domain.errors import ConfigurationError
 from productos.domain.settings_ports import DatabaseCredentials, DatabaseCredentialsProvider
-from productos.infra.db.pool import install_idle_pre_ping
+from productos.infra.db.pool import close_without_waiting, install_idle_pre_ping
 from productos.infra.db.url import DatabaseTarget, parse_database_url
 from productos.settings import Settings
 
@@ -38,16 +49,27 @@ TRANSACTIONAL_ISOLATION = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZAB
 #: Statements compiled once and reused for the process' life; asyncpg also prepares each one per connection.
 _ASYNCPG_STATEMENT_CACHE = 512
 
+#: The execution option that marks an engine whose connections go through a transaction-mode pooler.
+POOLER_OPTION = "productos_pooler"
 
-def create_engine(settings: Settings, *, credentials: DatabaseCredentialsProvider | None = None) -> AsyncEngine:
+
+def create_engine(
+    settings: Settings,
+    *,
+    credentials: DatabaseCredentialsProvider | None = None,
+    url: SecretStr | str | None = None,
+) -> AsyncEngine:
     """Create the engine. Connects lazily: nothing here needs the database to be up.
 
     Args:
         settings: the service's settings.
         credentials: when given (PostgreSQL only), each new connection logs in with what it returns, and a
             refused login is retried once with ``after_auth_failure``'s credentials.
+        url: the database to connect to, when not ``DATABASE_URL``; the other settings apply to it all the same
+            (``open_migration_engine`` turns ``DB_POOLER`` off for ``DATABASE_MIGRATE_URL``, a direct login).
     """
-    target = parse_database_url(settings.database_url.get_secret_value())
+    raw = settings.database_url if url is None else url
+    target = parse_database_url(raw.get_secret_value() if isinstance(raw, SecretStr) else raw)
     if target.dialect == "sqlite":
         if credentials is not None:
             raise ConfigurationError("DB_IAM_AUTH and rotating secrets need a PostgreSQL DATABASE_URL")
@@ -56,6 +78,12 @@ def create_engine(settings: Settings, *, credentials: DatabaseCredentialsProvide
     if credentials is not None:
         use_credentials(engine, credentials)
     return engine
+
+
+def behind_pooler(engine: AsyncEngine) -> bool:
+    """Whether ``engine``'s connections go through a transaction-mode pooler (``DB_POOLER=transaction``): its
+    units of work then run every statement inside a transaction, read-only and autocommit ones included."""
+    return engine.get_execution_options().get(POOLER_OPTION) == "transaction"
 
 
 def transactional(engine: AsyncEngine) -> AsyncEngine:
@@ -102,25 +130,127 @@ def _with(cparams: dict[str, Any], login: DatabaseCredentials) -> dict[str, Any]
 def _is_auth_failure(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
-        if getattr(seen, "sqlstate", None) in _AUTH_FAILURES:
+        sqlstate = getattr(seen, "sqlstate", None)
+        if sqlstate in _AUTH_FAILURES:
+            return True
+        # PgBouncer (1.18) refuses a password with protocol_violation: "SASL authentication failed",
+        # "password authentication failed".
+        if sqlstate == "08P01" and "authentication failed" in str(seen):
             return True
         seen = seen.__cause__
     return False
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """The bounds every database session runs under: the one place that derives them from the settings.
+
+    - ``command_timeout`` (s): asyncpg's client-side bound on each statement, ``DB_STATEMENT_TIMEOUT``: what a
+      request may wait for one statement, even on a server or a network that no longer answers.
+    - ``statement_timeout`` (ms): the server's own, 90 % of that, so that a statement that is merely slow is
+      cancelled by the server (SQLSTATE 57014, a clean reply) and its connection kept; only a server that has
+      stopped answering reaches the client's bound, and that connection is terminated.
+    - ``lock_timeout`` (ms): ``DB_LOCK_TIMEOUT``, at most half the statement timeout (PostgreSQL bounds each
+      lock wait, and one row can make a statement wait twice: for the row's tuple lock behind other waiters,
+      then for the holder's transaction). A statement that waits for a row another transaction holds gives up
+      early (SQLSTATE 55P03, a 409), so a long-held row lock costs its waiters that long, not a pooled
+      connection each for the whole statement timeout.
+    - ``idle_in_transaction_session_timeout`` (ms): the server ends a session left idle inside a transaction.
+
+    Straight to PostgreSQL they are applied at login, as ``server_settings`` (the startup packet: no round trip).
+    Behind a transaction-mode pooler (``DB_POOLER=transaction``) a login's settings would stay on whichever
+    server connection the pooler opened for it (and PgBouncer refuses them: "unsupported startup parameter"),
+    so each transaction sets them itself: ``SET LOCAL`` for all three, sent with its BEGIN in one message (one
+    round trip, as before). They hold for that transaction only, which is all a unit of work is there, and
+    ``idle_in_transaction_session_timeout`` still ends a server session left idle inside one (the pooler then
+    closes the client's connection). Statements outside any transaction (the health probe's ``SELECT 1``, the
+    pool's pre-ping, the driver's set-up queries at login) run under the server's defaults behind a pooler;
+    asyncpg's own ``command_timeout`` bounds them as it bounds every statement.
+    """
+
+    command_timeout: float
+    statement_timeout_ms: int
+    lock_timeout_ms: int
+    idle_in_transaction_timeout_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionLimits:
+        statement_ms = max(int(settings.db_statement_timeout * 900), 1)
+        # 0 would mean "no limit" to PostgreSQL: every limit is at least 1 ms.
+        lock_ms = max(int(min(settings.db_lock_timeout, settings.db_statement_timeout / 2) * 1000), 1)
+        return cls(
+            command_timeout=settings.db_statement_timeout,
+            statement_timeout_ms=statement_ms,
+            lock_timeout_ms=lock_ms,
+            idle_in_transaction_timeout_ms=max(int(settings.db_statement_timeout * 2000), 10_000),
+        )
+
+    def server_settings(self) -> dict[str, str]:
+        """The limits as PostgreSQL settings (milliseconds), for the login's ``server_settings``."""
+        return {
+            "statement_timeout": str(self.statement_timeout_ms),
+            "lock_timeout": str(self.lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),
+        }
+
+    def set_local(self) -> str:
+        """The limits as ``SET LOCAL`` statements in one string, for the start of each transaction."""
+        return "; ".join(f"SET LOCAL {name} = {value}" for name, value in self.server_settings().items())
+
+
+class PooledTransactionsConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg has no type hints
+    """An asyncpg connection through a transaction-mode pooler: every transaction it begins sets the session
+    limits first. Whoever begins it (a unit of work of the statement toolkit, SQLAlchemy's asyncpg adapter,
+    asyncpg's ``transaction()``), the BEGIN goes out as a simple-protocol ``execute`` without arguments: the
+    ``SET LOCAL`` statements are appended to that same message, so they cost no round trip.
+
+    ``create_engine`` makes one subclass per set of limits (``SET_LOCAL`` is a class attribute: asyncpg creates
+    the connection itself).
+    """
+
+    SET_LOCAL: ClassVar[str] = ""
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        if not args and self.SET_LOCAL and _begins_transaction(query):
+            query = f"{query.rstrip().rstrip(';')}; {self.SET_LOCAL}"
+        result: str = await super().execute(query, *args, timeout=timeout)
+        return result
+
+
+def _begins_transaction(query: str) -> bool:
+    head = query.lstrip()[:17].upper()
+    return head.startswith("BEGIN") or head == "START TRANSACTION"
+
+
+@functools.cache
+def _pooled_connection_class(set_local: str) -> type[PooledTransactionsConnection]:
+    return type("PooledTransactionsConnection", (PooledTransactionsConnection,), {"SET_LOCAL": set_local})
+
+
 def _postgres_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:
-    statement_ms = int(settings.db_statement_timeout * 1000)
+    limits = SessionLimits.from_settings(settings)
+    pooled = settings.db_pooler == "transaction"
     connect_args: dict[str, Any] = {
         **target.connect_args,
         "timeout": settings.db_connect_timeout,
-        # Client-side bound on every command: a hung server (not just a slow query) cannot hold a request.
-        "command_timeout": settings.db_statement_timeout,
+        "command_timeout": limits.command_timeout,
         "statement_cache_size": _ASYNCPG_STATEMENT_CACHE,
     }
     server_settings = dict(connect_args.get("server_settings", {}))
+    # PgBouncer and RDS Proxy keep application_name for each client themselves.
     server_settings.setdefault("application_name", settings.service_name)
-    server_settings["statement_timeout"] = str(statement_ms)
-    server_settings["idle_in_transaction_session_timeout"] = str(max(statement_ms * 2, 10_000))
+    if pooled:
+        # No named statement may outlive its transaction: asyncpg's cache off (its statements then go unnamed,
+        # and each execution sends its Parse again with the Bind and Execute, so that it depends on nothing an
+        # earlier message left on a server connection: the cache on, `productos migrate` met "prepared statement
+        # "__asyncpg_stmt_1__" already exists"). SQLAlchemy's own cache off too: it would keep each statement's
+        # result types from its first Parse while every execution is parsed anew, so a column whose type a
+        # migration changed would be decoded with the old type, where the server refuses a named statement.
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_cache_size"] = 0
+        connect_args["connection_class"] = _pooled_connection_class(limits.set_local())
+    else:
+        server_settings.update(limits.server_settings())
     connect_args["server_settings"] = server_settings
     engine = create_async_engine(
         target.url,
@@ -138,8 +268,10 @@ def _postgres_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:
         pool_use_lifo=True,
         isolation_level=POOL_ISOLATION,
         connect_args=connect_args,
+        execution_options={POOLER_OPTION: settings.db_pooler},
     )
     install_idle_pre_ping(engine, settings.db_pool_pre_ping_idle)
+    close_without_waiting(engine)
     return engine
 
 

@@ -7,10 +7,16 @@ pings a connection when it has been idle for at least ``idle_seconds``; a dead o
 ``DisconnectionError`` and the pool transparently replaces it, as pre-ping does. A connection that dies while
 in steady use fails its statement instead; SQLAlchemy then invalidates it and every older pooled connection,
 so the pool recovers on the next checkout. ``idle_seconds=0`` pings on every checkout.
+
+A connection the server has already closed (a restart's or a terminated backend's goodbye arrived while it sat
+in the pool) is replaced on checkout whatever its idle time: asyncpg knows it without a round trip.
+
+``close_without_waiting``: no connection's close is ever awaited in a request (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -28,6 +34,7 @@ def install_idle_pre_ping(engine: AsyncEngine, idle_seconds: float) -> None:
     """
     pool = engine.sync_engine.pool
     dialect = engine.sync_engine.dialect
+    knows_closed = dialect.driver == "asyncpg"
 
     @event.listens_for(pool, "checkin")
     def _checked_in(_dbapi_connection: Any, record: Any) -> None:
@@ -36,6 +43,8 @@ def install_idle_pre_ping(engine: AsyncEngine, idle_seconds: float) -> None:
 
     @event.listens_for(pool, "checkout")
     def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if knows_closed and dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("the server closed this pooled connection")
         checked_in_at = record.info.get(_CHECKED_IN_AT)
         # A connection opened for this checkout has just logged in: nothing to verify.
         if checked_in_at is None or time.monotonic() - checked_in_at < idle_seconds:
@@ -48,3 +57,21 @@ def install_idle_pre_ping(engine: AsyncEngine, idle_seconds: float) -> None:
             raise
         if alive is False:
             raise DisconnectionError("pooled connection failed its ping")
+
+
+def close_without_waiting(engine: AsyncEngine) -> None:
+    """Close ``engine``'s asyncpg connections at once, never waiting for the server (PostgreSQL only).
+
+    SQLAlchemy closes a connection it invalidates (a failed pre-ping, a checkout cancelled at its deadline, a
+    connection recycled after a lost server) with asyncpg's graceful ``close(timeout=2)``, awaited by whichever
+    request is checking a connection out: with the server hung, that request waits up to 2 s more than its
+    deadline, and longer when a cancelled statement's cancel request must go first. asyncpg's ``terminate()``
+    sends the same Terminate message, closes the socket and returns; SQLAlchemy's close then finds the
+    connection closed and returns at once.
+    """
+
+    @event.listens_for(engine.sync_engine.pool, "close")
+    def _terminate(dbapi_connection: Any, _record: Any) -> None:
+        # Should it fail (a transport whose loop has gone), SQLAlchemy's own close still runs after this.
+        with contextlib.suppress(Exception):
+            dbapi_connection.driver_connection.terminate()

@@ -15,20 +15,35 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from productos.domain.errors import ConflictError, DatabaseUnavailableError
-from productos.infra.db.engine import TRANSACTIONAL_ISOLATION
+from productos.domain.errors import ConcurrentUpdateError, ConflictError, DatabaseUnavailableError
+from productos.infra.db.engine import TRANSACTIONAL_ISOLATION, behind_pooler
 
 _UNAVAILABLE = "database unavailable"
+_CONCURRENT = "the resource is being changed by another request: retry"
 
 ConnectionT = TypeVar("ConnectionT")
 UnitT = TypeVar("UnitT", bound="UnitOfWorkBase[Any]")
 
 
-#: SQLSTATE classes that mean "the database cannot serve you now", not "your statement is wrong":
-#: 08 connection exception, 28 invalid authorization (a refused login, e.g. mid-rotation), 53 insufficient
-#: resources (too many connections), 57P operator intervention (shutdown, starting up), 58 system error.
-_UNAVAILABLE_SQLSTATES = ("08", "28", "53", "57P", "58")
+#: SQLSTATEs, and classes of them, that mean "the database cannot serve you now", not "your statement is
+#: wrong": 08 connection exception; 28 invalid authorization (a refused login, e.g. mid-rotation); 3D000
+#: invalid_catalog_name (the login's database does not exist); 53 insufficient resources (too many
+#: connections, disk full, out of memory); 57 operator intervention (statement_timeout's query_canceled,
+#: shutdown, starting up, database dropped); 58 system error (I/O); F0 configuration file error; XX internal
+#: error (data or index corrupted); 25006 read_only_sql_transaction (a write on a server a failover made a
+#: replica).
+UNAVAILABLE_SQLSTATES = ("08", "28", "3D000", "53", "57", "58", "F0", "XX", "25006")
 
+#: SQLSTATEs that mean a concurrent change was in the way, and a retry may succeed: 40 transaction rollback
+#: (serialization failure, deadlock detected), 55P03 lock_not_available (lock_timeout).
+CONCURRENT_SQLSTATES = ("40", "55P03")
+
+#: asyncpg's errors that say a call was wrong, not that the connection failed (InterfaceError's others do).
+_USAGE_ERRORS = (
+    asyncpg.exceptions.ClientConfigurationError,
+    asyncpg.exceptions.UnsupportedClientFeatureError,
+    asyncpg.exceptions.UnsupportedServerFeatureError,
+)
 
 #: The driver's own errors, which say what happened (its SQLSTATE, a refused socket).
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
@@ -49,24 +64,35 @@ def _sqlstate(exc: BaseException) -> str:
 
 
 def _is_connectivity_error(exc: BaseException, driver: BaseException) -> bool:
+    if isinstance(driver, _USAGE_ERRORS):
+        return False
     if isinstance(exc, PoolTimeoutError | OperationalError | InterfaceError):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(driver, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError):
-        # InternalClientError: a connection its shutdown left unusable ("cannot switch to state 12").
+        # InterfaceError: "connection is closed", "another operation is in progress". InternalClientError: a
+        # connection the server's goodbye left unusable ("cannot switch to state 12"; see driver._server_gone).
         return True
-    if isinstance(driver, asyncpg.PostgresConnectionError | asyncpg.QueryCanceledError):
+    if isinstance(driver, asyncpg.PostgresConnectionError):
         return True
-    return _sqlstate(driver).startswith(_UNAVAILABLE_SQLSTATES)
+    return _sqlstate(driver).startswith(UNAVAILABLE_SQLSTATES)
 
 
 def domain_error(exc: Exception) -> Exception | None:
     """The domain error a driver or pool error means, with a message safe for clients; ``None`` when it is
-    none of them (a bug: let it propagate as it is)."""
+    none of them (a bug: let it propagate as it is).
+
+    ``ConflictError`` for an integrity violation; ``ConcurrentUpdateError`` when a concurrent change was in
+    the way (lock timeout, deadlock, serialization failure); ``DatabaseUnavailableError`` for every failure of
+    the connection or of the server (``UNAVAILABLE_SQLSTATES``, a refused or lost socket, a timeout, a broken
+    connection, the pool's timeout).
+    """
     driver = _driver_error(exc)
     if isinstance(exc, IntegrityError) or isinstance(driver, asyncpg.IntegrityConstraintViolationError):
         return ConflictError("the change conflicts with stored data")
+    if _sqlstate(driver).startswith(CONCURRENT_SQLSTATES):
+        return ConcurrentUpdateError(_CONCURRENT)
     if not _is_connectivity_error(exc, driver):
         return None
     reason = f"{type(driver).__name__} {_sqlstate(driver)}".strip()
@@ -98,6 +124,11 @@ class UnitOfWorkBase(Generic[ConnectionT]):
     ) -> None:
         self._engine = engine
         self._transactional = not (read_only or autocommit)
+        #: Whether the unit runs in a transaction: writes always; every unit behind a transaction-mode pooler,
+        #: where the session limits exist only inside one (``SET LOCAL``) and each statement of a unit would
+        #: otherwise be free to reach another server connection. Such a unit, read-only or autocommit, commits
+        #: at its end whatever happened: what it ran stays, as it would have in autocommit.
+        self._begins = self._transactional or behind_pooler(engine)
         self._acquire_timeout = acquire_timeout
         self._conn: ConnectionT | None = None
 
@@ -135,8 +166,9 @@ class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):
     """One connection (and, for writes, one transaction) from the engine's pool.
 
     Subclasses bind their repositories to the connection in ``_bind``. Read-only and ``autocommit`` units (a
-    single write statement, atomic by itself) run in the pool's autocommit: one round trip per statement.
-    Leaving without ``commit()`` rolls back.
+    single write statement, atomic by itself) run in the pool's autocommit: one round trip per statement; behind
+    a transaction-mode pooler (``DB_POOLER=transaction``) in a transaction that they commit at their end.
+    Leaving a transactional unit without ``commit()`` rolls back.
     """
 
     async def __aenter__(self) -> Self:
@@ -154,7 +186,7 @@ class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):
             except BaseException:
                 await conn.close()
                 raise
-        elif self._transactional:
+        elif self._begins:
             # Pooled connections are in autocommit (see engine.POOL_ISOLATION); writes get a real transaction.
             # Setting the level costs no round trip; the pool restores autocommit when the connection returns.
             conn = await conn.execution_options(isolation_level=TRANSACTIONAL_ISOLATION[conn.dialect.name])
@@ -174,7 +206,7 @@ class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):
         try:
             async with translate_db_errors():
                 if conn.in_transaction():
-                    await conn.rollback()
+                    await (conn.rollback() if self._transactional else conn.commit())
         finally:
             await conn.close()
 
@@ -190,14 +222,43 @@ class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):
 
 
 class SqlAlchemyHealthProbe:
-    """``HealthProbe``: a ``SELECT 1`` on a pooled connection, bounded by a timeout."""
+    """``HealthProbe``: a ``SELECT 1`` on a pooled connection, answered within the timeout whatever happens.
+
+    The probe runs as a task of its own. At the deadline it is cancelled and left to finish in the background:
+    what a cancelled checkout or statement does next (invalidating its connection, closing it) never delays
+    the answer the ALB is waiting for.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        #: Probes abandoned at their deadline, still cleaning up: referenced until they end.
+        self._abandoned: set[asyncio.Task[None]] = set()
 
     async def ping(self, timeout: float) -> None:
+        probe = asyncio.ensure_future(self._select_one())
         try:
-            async with translate_db_errors(), asyncio.timeout(timeout), self._engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            done, _ = await asyncio.wait((probe,), timeout=timeout)
+        except BaseException:
+            self._abandon(probe)
+            raise
+        if not done:
+            self._abandon(probe)
+            raise DatabaseUnavailableError(_UNAVAILABLE, reason=f"no answer within {timeout} s")
+        try:
+            probe.result()
         except TimeoutError as exc:
-            raise DatabaseUnavailableError(_UNAVAILABLE) from exc
+            raise DatabaseUnavailableError(_UNAVAILABLE, reason="TimeoutError") from exc
+
+    async def _select_one(self) -> None:
+        async with translate_db_errors(), self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    def _abandon(self, probe: asyncio.Task[None]) -> None:
+        probe.cancel()
+        self._abandoned.add(probe)
+        probe.add_done_callback(self._forget)
+
+    def _forget(self, probe: asyncio.Task[None]) -> None:
+        self._abandoned.discard(probe)
+        if not probe.cancelled():
+            probe.exception()  # retrieved: an abandoned probe's failure is no one's to report

@@ -16,6 +16,8 @@ DESCRIPCION_MAX_LENGTH = 5000
 PRECIO_MAX = Decimal("99999999.99")
 PRECIO_MIN = Decimal("0.01")
 STOCK_MAX = 2**31 - 1
+#: Versions are stored as INTEGER and start at 1: no product can have a version outside 1..VERSION_MAX.
+VERSION_MAX = 2**31 - 1
 _CENT = Decimal("0.01")
 
 
@@ -154,6 +156,7 @@ __all__ = [
     "PRECIO_MAX",
     "PRECIO_MIN",
     "STOCK_MAX",
+    "VERSION_MAX",
     "NewProducto",
     "Producto",
     "ProductoPatch",

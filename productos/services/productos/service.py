@@ -6,12 +6,13 @@ from productos.domain import (
     DEFAULT_PAGE_SIZE,
     NotFoundError,
     Page,
+    StaleVersionError,
     UnitOfWorkFactory,
     clamp_limit,
     is_valid_id,
     page_of,
 )
-from productos.services.productos.domain import NewProducto, Producto, ProductoPatch
+from productos.services.productos.domain import VERSION_MAX, NewProducto, Producto, ProductoPatch
 from productos.services.productos.ports import ProductosUnitOfWork
 
 __all__ = ["ProductoService"]
@@ -51,6 +52,7 @@ class ProductoService:
     async def update(self, producto_id: int, patch: ProductoPatch, *, expected_version: int | None = None) -> Producto:
         if not is_valid_id(producto_id):
             raise NotFoundError(f"Producto {producto_id} no encontrado")
+        await self._check_version_can_exist(producto_id, expected_version)
         async with self._uow(autocommit=True) as uow:
             updated = await uow.productos.update(producto_id, patch, expected_version=expected_version)
             if updated is None:
@@ -61,8 +63,17 @@ class ProductoService:
     async def delete(self, producto_id: int, *, expected_version: int | None = None) -> None:
         if not is_valid_id(producto_id):
             raise NotFoundError(f"Producto {producto_id} no encontrado")
+        await self._check_version_can_exist(producto_id, expected_version)
         async with self._uow(autocommit=True) as uow:
             deleted = await uow.productos.delete(producto_id, expected_version=expected_version)
             if not deleted:
                 raise NotFoundError(f"Producto {producto_id} no encontrado")
             await uow.commit()
+
+    async def _check_version_can_exist(self, producto_id: int, expected_version: int | None) -> None:
+        """A version no product can have (beyond its column's range) is stale when the product exists, and the
+        product is missing otherwise: answered without asking the database to compare an out-of-range value."""
+        if expected_version is None or 1 <= expected_version <= VERSION_MAX:
+            return
+        await self.get(producto_id)
+        raise StaleVersionError(f"Producto {producto_id} was modified: version is not {expected_version}")
