@@ -99,6 +99,8 @@ class Contender:
     #: prometheus-client's multiprocess mode set up from outside, as its docs say: a fresh, empty
     #: ``PROMETHEUS_MULTIPROC_DIR`` for each start (in /dev/shm, where productos puts its own), deleted after.
     prometheus_multiproc_dir: bool = False
+    #: What must answer 200 before the contender counts as ready (and as healthy between runs).
+    ready_path: str = "/productos/1"
     #: Through PgBouncer (transaction pooling, Debian's package, its default pool of 20 server connections),
     #: started by the server for each start in front of the database's server: ``DATABASE_URL`` points at it.
     pgbouncer: bool = False
@@ -128,6 +130,10 @@ def _keyset(prefix: str = "/productos") -> tuple[tuple[Scenario, ...], tuple[Sce
     return small, deep
 
 
+#: The stop between sessions needs no drain (no balancer to move): it would only add its seconds to each stop.
+_NO_DRAIN = {"PRODUCTOS_DRAIN_SECONDS": "0"}
+
+
 def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Contender]:
     """The contenders, by key: a..g (g: productos through PgBouncer), and p (pedidos, the second service on
     productos)."""
@@ -136,7 +142,7 @@ def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Cont
         "a": Contender(
             "a", "productos", "productos itself: productos.main:app with its tuned gunicorn config",
             "productos.main:app", ("-c", "python:productos.gunicorn_conf"), small, deep,
-            env={"WORKERS": str(WORKERS), **(productos_env or {})},
+            env={"WORKERS": str(WORKERS), **_NO_DRAIN, **(productos_env or {})},
         ),
         "b": Contender(
             "b", "raw-asgi", "raw ASGI callable + asyncpg pool, no framework",
@@ -180,7 +186,8 @@ def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Cont
             "g", "productos-pgbouncer",
             "productos as (a), through PgBouncer in transaction pooling mode (DB_POOLER=transaction)",
             "productos.main:app", ("-c", "python:productos.gunicorn_conf"), small, deep,
-            env={"WORKERS": str(WORKERS), "DB_POOLER": "transaction", **(productos_env or {})}, pgbouncer=True,
+            env={"WORKERS": str(WORKERS), "DB_POOLER": "transaction", **_NO_DRAIN, **(productos_env or {})},
+            pgbouncer=True,
         ),
         "p": Contender(
             "p", "pedidos", "examples/pedidos: a service on productos' public API, SQLAlchemy Core statements",
@@ -191,7 +198,8 @@ def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Cont
                 post_scenario("/pedidos", PEDIDO_BODY),
             ),
             (),
-            env={"WORKERS": str(WORKERS), "PYTHONPATH": str(PEDIDOS_DIR), **(productos_env or {})},
+            env={"WORKERS": str(WORKERS), "PYTHONPATH": str(PEDIDOS_DIR), **_NO_DRAIN, **(productos_env or {})},
+            ready_path="/pedidos/1",
         ),
     }  # fmt: skip
 
@@ -226,7 +234,7 @@ def free_port() -> int:
 
 
 class Server:
-    """A contender under gunicorn, output to a log file; ready once ``GET /productos/1`` answers 200."""
+    """A contender under gunicorn, output to a log file; ready once its ``ready_path`` answers 200."""
 
     def __init__(self, contender: Contender, database_url: str, workdir: Path, env: Mapping[str, str] | None = None):
         self.contender = contender
@@ -281,7 +289,8 @@ class Server:
                 self.stop()  # its metrics directory
                 raise RuntimeError(f"{self.contender.name} exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.base_url}/productos/1", timeout=2).status_code == 200 and self.ready_workers():
+                ready = httpx.get(self.base_url + self.contender.ready_path, timeout=2).status_code == 200
+                if ready and self.ready_workers():
                     return
             except httpx.TransportError:
                 pass
@@ -290,9 +299,9 @@ class Server:
         raise RuntimeError(f"{self.contender.name} did not become ready:\n{self.output()}")
 
     def healthy(self, timeout: float = 3) -> bool:
-        """Answers ``GET /productos/1`` within ``timeout`` with all its workers up."""
+        """Answers ``GET <ready_path>`` within ``timeout`` with all its workers up."""
         try:
-            ok = httpx.get(f"{self.base_url}/productos/1", timeout=timeout).status_code == 200
+            ok = httpx.get(self.base_url + self.contender.ready_path, timeout=timeout).status_code == 200
         except httpx.HTTPError:
             return False
         return ok and self.ready_workers()
