@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     # Service
     service_name: str = Field("productos-api", **_env("PRODUCTOS_SERVICE_NAME"), min_length=1)
     database_url: SecretStr = Field(SecretStr(DEFAULT_DATABASE_URL), **_env("DATABASE_URL"))
-    #: The schema owner's login, straight to PostgreSQL (not through a pooler), for ``productos migrate`` and the
-    #: migrations at start; unset: ``DATABASE_URL``'s. ``DB_POOLER`` applies to it too (harmless when direct).
+    #: The schema owner's login, straight to PostgreSQL (not through a pooler: ``DB_POOLER`` does not apply to
+    #: it), for ``productos migrate`` and the migrations at start; unset: ``DATABASE_URL``'s.
     database_migrate_url: SecretStr | None = Field(None, **_env("DATABASE_MIGRATE_URL"))
     app_host: str = Field("0.0.0.0", **_env("APP_HOST"))  # noqa: S104 - behind the ALB's security group
     app_port: int = Field(8000, **_env("APP_PORT"), ge=1, le=65535)

@@ -13,7 +13,8 @@ class PedidoService:
         self._uow = unit_of_work
 
     async def create(self, pedido: NewPedido) -> Pedido:
-        async with self._uow() as uow:
+        # One INSERT, atomic by itself: autocommit saves the BEGIN and COMMIT round trips.
+        async with self._uow(autocommit=True) as uow:
             created = await uow.pedidos.add(pedido)
             await uow.commit()
         return created
