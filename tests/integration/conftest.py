@@ -35,6 +35,7 @@ from moto.server import ThreadedMotoServer
 from productos.settings import env_names
 from tests.integration.pg import scratch_database
 from tests.integration.tcp_proxy import free_port as free_port  # re-exported: the settings tests import it here
+from tests.integration.throwaway_cluster import drop_cluster, process_alive
 
 REGION = "us-east-1"
 CLUSTER_PREFIX = "productos_pw_"
@@ -157,20 +158,6 @@ def _clusters() -> list[tuple[str, str, int, str]]:
     return rows
 
 
-def _drop(version: str, name: str) -> None:
-    subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, check=False, timeout=60)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @pytest.fixture(scope="session")
 def password_cluster() -> Iterator[PasswordCluster]:
     if shutil.which("pg_createcluster") is None:
@@ -181,11 +168,11 @@ def password_cluster() -> Iterator[PasswordCluster]:
     # Idempotent: clusters of interrupted runs (their pytest process is gone) are dropped first.
     for version, name, _, _ in clusters:
         match = re.fullmatch(rf"{CLUSTER_PREFIX}(\d+)", name)
-        if match and not _alive(int(match.group(1))):
-            _drop(version, name)
+        if match and not process_alive(int(match.group(1))):
+            drop_cluster(version, name)
     version = max((row[0] for row in clusters), key=float, default=None) or sorted(os.listdir("/etc/postgresql"))[-1]
     name = f"{CLUSTER_PREFIX}{os.getpid()}"
-    _drop(version, name)
+    drop_cluster(version, name)
     port = free_port()
     try:
         subprocess.run(
@@ -198,12 +185,12 @@ def password_cluster() -> Iterator[PasswordCluster]:
             capture_output=True, check=True, timeout=60,
         )  # fmt: skip
     except subprocess.CalledProcessError as exc:
-        _drop(version, name)
+        drop_cluster(version, name)
         pytest.fail(f"could not create a PostgreSQL cluster: {exc.stderr.decode(errors='replace')}", pytrace=False)
     try:
         yield PasswordCluster(version, name, port)
     finally:
-        _drop(version, name)
+        drop_cluster(version, name)
 
 
 @pytest.fixture

@@ -84,11 +84,13 @@ def _clusters() -> list[tuple[str, str]]:
     return [(parts[0], parts[1]) for line in out.splitlines() if len(parts := line.split()) >= 2]
 
 
-def _drop(version: str, name: str) -> None:
+def drop_cluster(version: str, name: str) -> None:
+    """Stop and drop a cluster, if it exists."""
     subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, check=False, timeout=60)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a cluster's creator: its clusters are dropped once it is gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -105,11 +107,11 @@ def throwaway_cluster() -> Iterator[ThrowawayCluster]:
     clusters = _clusters()
     for version, name in clusters:
         match = re.fullmatch(rf"{PREFIX}(\d+)", name)
-        if match and not _alive(int(match.group(1))):
-            _drop(version, name)
+        if match and not process_alive(int(match.group(1))):
+            drop_cluster(version, name)
     version = max((row[0] for row in clusters), key=float, default=None) or sorted(os.listdir("/etc/postgresql"))[-1]
     name = f"{PREFIX}{os.getpid()}"
-    _drop(version, name)
+    drop_cluster(version, name)
     port = free_port()
     try:
         subprocess.run(
@@ -122,4 +124,4 @@ def throwaway_cluster() -> Iterator[ThrowawayCluster]:
         cluster.ctl("start")
         yield cluster
     finally:
-        _drop(version, name)
+        drop_cluster(version, name)
