@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -220,11 +221,9 @@ def variant(base: Contender, spec: str) -> Contender:
             app = value
         else:
             env[key] = value
-    return Contender(
-        name, f"{base.name}+{name}", f"{base.name} with {pairs}",
-        app, base.gunicorn_args, base.small, base.deep, base.deep_all_rows_path, env,
-        base.prometheus_multiproc_dir, base.pgbouncer,
-    )  # fmt: skip
+    return dataclasses.replace(
+        base, key=name, name=f"{base.name}+{name}", description=f"{base.name} with {pairs}", app=app, env=env
+    )
 
 
 def free_port() -> int:

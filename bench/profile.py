@@ -29,32 +29,34 @@ from bench.run import _env_pair, preflight
 #: Layers of a request, as regular expressions over py-spy frames ("function (file:line)"). Inclusive: a
 #: sample counts for every layer that has a frame on its stack. Indented names are parts of the layer above.
 LAYERS: dict[str, str] = {
-    "uvicorn HTTP protocol (parse, write)": r"uvicorn/protocols/http/",
+    "uvicorn HTTP protocol (parse, write)": r"uvicorn/protocols/http/|productos/entrypoints/protocol\.py",
+    "  header limits (productos protocol)": r"productos/entrypoints/protocol\.py",
+    "UnhandledErrorMiddleware (productos)": r"productos/http/errors\.py",
     "RequestContextMiddleware (productos)": r"productos/observability/middleware\.py",
-    "  access log (logging + JSON formatter)": r"\((?:logging/__init__|productos/observability/logging)\.py",
-    "BodySizeLimitMiddleware (productos)": r"productos/api/middleware\.py",
+    "  access log (logging + formatter)": r"\((?:logging/__init__|productos/observability/logging)\.py",
+    "  metrics (prometheus, OTel)": r"productos/observability/metrics\.py|prometheus_client/|opentelemetry/sdk/metrics",
+    "edge middleware (body limit, concurrency limit, drain)": r"productos/http/(?:middleware|limits|drain)\.py",
     "starlette routing / exception middleware": (r"starlette/(?:routing|middleware/exceptions|_exception_handler)\.py"),
     "FastAPI request handling (params, deps, validation)": r"fastapi/(?:routing|dependencies/utils)\.py",
-    "route functions (productos/api/routes)": r"productos/api/routes/",
-    "  JSON body (dump_json, producto_dict)": r"(?:dump_json|producto_dict) \(productos/api/schemas",
-    "  ETag, Response, Link header": r"_one \(productos/api/routes|include_query_params",
-    "service (productos/services)": r"productos/services/",
-    "unit of work enter (checkout, pre-ping, isolation level)": r"__aenter__ \(productos/services/productos/repository",
-    "unit of work exit (rollback, close: pool return)": r"__aexit__ \(productos/services/productos/repository",
-    "  pool pre-ping (BEGIN; ';'; ROLLBACK per checkout)": r"do_ping|_async_ping|_checkout|pre_ping",
-    "  execution_options(isolation_level=AUTOCOMMIT)": (
-        r"execution_options|set_isolation_level|_set_connection_isolation|get_isolation_level"
+    "route functions (services/productos/routes)": r"productos/services/productos/routes\.py",
+    "  JSON body (schemas, dump_json)": r"productos/services/productos/schemas\.py|productos/http/json\.py",
+    "service (services/productos/service)": r"productos/services/productos/service\.py",
+    "unit of work enter (checkout, pre-ping)": r"__aenter__ \(productos/infra/db/",
+    "unit of work exit (commit/rollback, pool return)": r"__aexit__ \(productos/infra/db/",
+    "  SQLAlchemy pool (checkout, checkin, events)": r"sqlalchemy/pool/|productos/infra/db/pool\.py",
+    "repository methods": r"productos/services/productos/repository\.py",
+    "  toolkit: statement cache, render (statements.py)": r"productos/infra/db/statements\.py",
+    "  toolkit: result processors (types.py)": (
+        r"productos/infra/db/types\.py|sqlalchemy/engine/processors|process_result_value"
     ),
-    "repository methods (execute + rows)": r"^(?:get|list|add|update|delete) \(productos/services/productos/repository",
-    "  SQLAlchemy statement build/compile/cache key": (
+    "  driver (timing, tracing, errors: driver.py)": r"productos/infra/db/driver\.py",
+    "  asyncpg (driver, protocol)": r"asyncpg/",
+    "  SQLAlchemy compile/cache key": (
         r"sqlalchemy/sql/(?:compiler|cache_key|elements|selectable|coercions|base|traversals|dml)\.py"
     ),
-    "  SQLAlchemy result processing (rows, types)": (
-        r"sqlalchemy/engine/(?:result|cursor|row)\.py|process_result_value|_to_producto"
-    ),
     "  greenlet bridge (await_only, greenlet_spawn)": r"sqlalchemy/util/_concurrency_py3k\.py|greenlet",
-    "  asyncpg (driver, protocol)": r"asyncpg/",
-    "pydantic (body validation)": r"pydantic",
+    "pydantic (validation, serialisation)": r"pydantic",
+    "OpenTelemetry (spans, context)": r"opentelemetry/",
     "all SQLAlchemy frames": r"sqlalchemy/",
 }
 

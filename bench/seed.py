@@ -59,6 +59,11 @@ async def _admin(statement: str, admin_url: str = ADMIN_URL) -> None:
         await conn.close()
 
 
+def _pythonpath() -> str:
+    """pedidos' directory, before whatever PYTHONPATH the benchmark runs with (another checkout's productos)."""
+    return os.pathsep.join(p for p in (str(PEDIDOS_DIR), os.environ.get("PYTHONPATH")) if p)
+
+
 def migrate(url: str, workdir: Path) -> None:
     """Migrate the products and the pedidos services with the shipped command, from a scratch directory (no
     stray ``.env`` applies)."""
@@ -67,7 +72,7 @@ def migrate(url: str, workdir: Path) -> None:
         subprocess.run(
             [sys.executable, "-m", "productos", "migrate", *extra],
             cwd=workdir,
-            env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(PEDIDOS_DIR)},
+            env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": _pythonpath()},
             check=True,
             capture_output=True,
             timeout=120,

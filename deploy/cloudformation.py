@@ -5,7 +5,7 @@
 
 The template is generated, never edited by hand, so that what it shares with the library has one source:
 
-* the three target-tracking policies, the four alarms and the dashboard are the requests
+* the three target-tracking policies, the five alarms and the dashboard are the requests
   ``productos.infra.aws.resources`` builds (what ``productos aws scaling-policies|alarms|dashboard`` prints),
   turned into CloudFormation resources. resources.py is called with stand-in names, and each stand-in is then
   replaced by the intrinsic function that yields the real name when the stack is created;
@@ -13,7 +13,14 @@ The template is generated, never edited by hand, so that what it shares with the
   settings (``APP_PORT``, ``PRODUCTOS_GRACEFUL_TIMEOUT``, ``PRODUCTOS_KEEPALIVE``); its health check must see a
   draining instance go within the drain that deploy/productos.service sets (``PRODUCTOS_DRAIN_SECONDS``), and
   the unit's ``TimeoutStopSec`` must cover the drain and the graceful timeout: the generator refuses otherwise;
-* the User Data is deploy/user-data.sh, after a few lines that set its variables from the stack.
+* the User Data is deploy/user-data.sh, after a few lines that set its variables from the stack; the unit's
+  ``ExecStartPre`` (``productos migrate --wait``), ``TimeoutStartSec`` and start limits must fit the health check
+  grace period and stop restarting while the database stays down: the generator refuses otherwise (check_start);
+* the edge is closed: an internal ALB that API Gateway reaches through a VPC link, answering /metrics 404 itself
+  (METRICS_PATHS and, for percent-encoded spellings, METRICS_PATH_REGEX); RDS Proxy is an option (rds_proxy);
+* each worker's pool (the DbPoolSize and DbMaxOverflow defaults) is the largest whose worst case at the ASG's
+  maximum fits DB_CONNECTION_BUDGET (``productos.domain.connection_budget``, as ``productos aws pool-sizes``
+  and ``productos check`` compute it), and the RDS connections alarm fires at 80 % of that budget.
 
 tests/integration/test_cloudformation.py checks that the committed template is this script's output, lints it
 with cfn-lint, and creates it in moto.
@@ -32,7 +39,9 @@ from typing import Any
 
 import yaml
 
+from productos.domain.connection_budget import fit_pool_sizes
 from productos.domain.metrics_ports import DEFAULT_NAMESPACE
+from productos.entrypoints.budget import pool_ceiling
 from productos.infra.aws import resources
 from productos.settings import Settings
 
@@ -57,6 +66,15 @@ DRAIN_DETECTION = HEALTH_CHECK_INTERVAL * UNHEALTHY_THRESHOLD + HEALTH_CHECK_TIM
 STOP_MARGIN = 5
 UNIT = HERE / "productos.service"
 ASG_MIN, ASG_MAX, ASG_DESIRED = 2, 10, 2
+#: The gunicorn workers of each instance: WORKERS' default, its vCPUs (2 on a t3.small or a t3.medium).
+INSTANCE_WORKERS = 2
+#: The service's share of the database's connections (DB_CONNECTION_BUDGET) on the default DatabaseInstanceClass.
+#: A db.t3.micro's max_connections is LEAST(DBInstanceClassMemory/9531392, 5000): 80 to 110 from its 1 GiB, less
+#: what RDS keeps for itself; superuser_reserved_connections (3) and rds.rds_superuser_reserved_connections (2) are
+#: not for the service. With a larger class, raise it and run this script again.
+DB_CONNECTION_BUDGET = 75
+#: Each worker's pool at the ASG's maximum (productos.domain.connection_budget), the parameters' defaults.
+POOL_SIZES = fit_pool_sizes(DB_CONNECTION_BUDGET, instances=ASG_MAX, workers=INSTANCE_WORKERS, ceiling=pool_ceiling())
 HEALTH_CHECK_GRACE_PERIOD = resources.INSTANCE_WARMUP  # 300 s, also the policies' instance warm-up
 #: The ALB's default idle timeout; the service keeps connections open longer (PRODUCTOS_KEEPALIVE).
 ALB_IDLE_TIMEOUT = 60
@@ -69,6 +87,28 @@ LOG_RETENTION_DAYS = 30
 VPC_CIDR = "10.0.0.0/16"
 PUBLIC_CIDRS = ("10.0.0.0/24", "10.0.1.0/24")
 PRIVATE_CIDRS = ("10.0.10.0/24", "10.0.11.0/24")
+
+# The start of an instance: `productos migrate --wait <s>` in the unit's ExecStartPre, then `productos serve`.
+#: What an instance needs besides the wait to come up inside the health check grace period (boot, User Data,
+#: the migration itself, two healthy checks).
+BOOT_ALLOWANCE = 60
+#: What TimeoutStartSec leaves the migration itself beyond the wait; a longer one is run by hand before a rollout.
+MIGRATION_ALLOWANCE = 60
+
+# The edge: API Gateway is the only way in (an internal ALB behind a VPC link), and /metrics stops at the ALB.
+#: The paths the HTTPS listener answers 404 itself, never forwarding them: the Prometheus exposition.
+METRICS_PATHS = ("/metrics", "/metrics/*")
+#: ... and their percent-encoded spellings, which the ALB compares as they are sent (uvicorn decodes them, so
+#: /m%65trics would otherwise reach /metrics): every letter literal or %XX, and a slash or %2F after it.
+METRICS_PATH_REGEX = "^/(m|%6[dD])(e|%65)(t|%74)(r|%72)(i|%69)(c|%63)(s|%73)((/|%2[fF]).*)?$"
+#: The fixed answer, the body of the service's own 404.
+METRICS_NOT_FOUND = '{"detail":"Not Found"}'
+
+# RDS Proxy (EnableRdsProxy): the instances' pools go to the proxy; migrations go straight to the database.
+#: The proxy's share of the database's max_connections: the rest is for direct logins (migrations as the owner,
+#: `productos check`, operators).
+PROXY_MAX_CONNECTIONS_PERCENT = 90
+PROXY_MAX_IDLE_CONNECTIONS_PERCENT = 50
 
 
 def ref(name: str) -> dict[str, Any]:
@@ -117,6 +157,7 @@ def deployment() -> resources.Deployment:
         region=names["AWS::Region"],
         prefix=names["ServiceName"],
         alarm_actions=(names["AlarmTopic"],),
+        connection_budget=DB_CONNECTION_BUDGET,
     )
 
 
@@ -230,19 +271,22 @@ def parameters() -> dict[str, Any]:
             "AllowedPattern": "^[a-z][a-z0-9_]{0,62}$",
             "Description": "Master user; RDS keeps its password in Secrets Manager and rotates it",
         },
-        # Every worker of every instance keeps its own pool: at the ASG's maximum, 10 instances x WORKERS
-        # (the vCPUs: 2 on a t3.small) x (pool + overflow) connections must fit RDS's max_connections (about
-        # 100 on a db.t3.micro). The library's defaults (10 + 20, the guide's) suit one instance, not ten.
+        # Every worker of every instance keeps its own pool: at the ASG's maximum, ASG_MAX instances x WORKERS x
+        # (pool + overflow) connections must fit the budget; the defaults are the largest pools that do.
         "DbPoolSize": {
             "Type": "Number",
-            "Default": 2,
+            "Default": POOL_SIZES.pool_size,
             "MinValue": 1,
-            "Description": "DB_POOL_SIZE of each worker (SSM /<ServiceName>/db-pool-size)",
+            "Description": (
+                f"DB_POOL_SIZE of each worker (SSM /<ServiceName>/db-pool-size); {ASG_MAX} instances x "
+                f"{INSTANCE_WORKERS} workers x (pool + overflow) must fit {DB_CONNECTION_BUDGET} connections"
+            ),
         },
+        # A String, as SSM stores it: moto's CloudFormation turns a Number parameter of 0 into no value at all.
         "DbMaxOverflow": {
-            "Type": "Number",
-            "Default": 2,
-            "MinValue": 0,
+            "Type": "String",
+            "Default": str(POOL_SIZES.max_overflow),
+            "AllowedPattern": "^[0-9]{1,4}$",
             "Description": "DB_MAX_OVERFLOW of each worker (SSM /<ServiceName>/db-max-overflow)",
         },
         "MetricsNamespace": {
@@ -273,6 +317,33 @@ def parameters() -> dict[str, Any]:
             "AllowedValues": ["true", "false"],
             "Description": "Attach AmazonSSMManagedInstanceCore to reach instances without SSH",
         },
+        "AppDatabaseUsername": {
+            "Type": "String",
+            "Default": "productos_app",
+            "AllowedPattern": "^[a-z][a-z0-9_]{0,62}$",
+            "Description": (
+                "The service's login, which may only read and write rows; `productos migrate`, as the master user, "
+                "creates it with the password the stack generates in Secrets Manager"
+            ),
+        },
+        "EnableRdsProxy": {
+            "Type": "String",
+            "Default": "false",
+            "AllowedValues": ["true", "false"],
+            "Description": (
+                "true: the instances reach the database through RDS Proxy (DB_POOLER=transaction), when instances x "
+                "workers x pool exceed the connections the database allows; migrations still go straight to it"
+            ),
+        },
+        "RdsProxyIamAuth": {
+            "Type": "String",
+            "Default": "false",
+            "AllowedValues": ["true", "false"],
+            "Description": (
+                "With EnableRdsProxy: the instances log in to the proxy with RDS IAM tokens (DB_IAM_AUTH=true) "
+                "instead of the secret's password; the proxy itself always logs in to the database with the secret"
+            ),
+        },
     }
 
 
@@ -284,6 +355,10 @@ def conditions() -> dict[str, Any]:
         "CreateDnsRecord": given("HostedZoneId"),
         "SubscribeAlarmEmail": given("AlarmEmail"),
         "SessionManager": {"Fn::Equals": [ref("EnableSessionManager"), "true"]},
+        "UseRdsProxy": {"Fn::Equals": [ref("EnableRdsProxy"), "true"]},
+        "UseRdsProxyIamAuth": {
+            "Fn::And": [{"Condition": "UseRdsProxy"}, {"Fn::Equals": [ref("RdsProxyIamAuth"), "true"]}]
+        },
     }
 
 
@@ -368,22 +443,36 @@ def network() -> dict[str, Any]:
     return out
 
 
+def ingress(port: int, **source: Any) -> dict[str, Any]:
+    return {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, **source}
+
+
 def security_groups(app_port: int) -> dict[str, Any]:
-    """The guide's network section: 80/443 from the Internet to the ALB, the app port from the ALB's group
-    only, 5432 from the instances' group only."""
-
-    def ingress(port: int, **source: Any) -> dict[str, Any]:
-        return {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, **source}
-
+    """The guide's network section, with the edge closed: HTTPS to the ALB from API Gateway's VPC link only (the
+    ALB is internal: nothing on the Internet reaches it), the app port from the ALB's group only, 5432 from the
+    instances' group only (and from RDS Proxy's, with EnableRdsProxy: see rds_proxy)."""
     return {
+        "VpcLinkSecurityGroup": {
+            "Type": "AWS::EC2::SecurityGroup",
+            "Properties": {
+                "GroupDescription": "API Gateway VPC link: HTTPS to the ALB only",
+                "VpcId": ref("Vpc"),
+                # API Gateway's network interfaces only send: no ingress, and egress to the VPC's HTTPS alone.
+                "SecurityGroupEgress": [ingress(443, CidrIp=VPC_CIDR, Description="HTTPS, to the ALB")],
+                "Tags": tags("vpc-link"),
+            },
+        },
         "LoadBalancerSecurityGroup": {
             "Type": "AWS::EC2::SecurityGroup",
             "Properties": {
-                "GroupDescription": "ALB: HTTP and HTTPS from the Internet",
+                "GroupDescription": "ALB: HTTPS from the API Gateway VPC link only",
                 "VpcId": ref("Vpc"),
                 "SecurityGroupIngress": [
-                    ingress(80, CidrIp="0.0.0.0/0", Description="HTTP, redirected to HTTPS"),
-                    ingress(443, CidrIp="0.0.0.0/0", Description="HTTPS"),
+                    ingress(
+                        443,
+                        SourceSecurityGroupId=ref("VpcLinkSecurityGroup"),
+                        Description="HTTPS, from API Gateway",
+                    ),
                 ],
                 "Tags": tags("alb"),
             },
@@ -421,15 +510,39 @@ def security_groups(app_port: int) -> dict[str, Any]:
     }
 
 
+def metrics_rule(priority: int, paths: dict[str, Any]) -> dict[str, Any]:
+    """A rule of the HTTPS listener that answers ``paths`` 404, never forwarding them."""
+    return {
+        "Type": "AWS::ElasticLoadBalancingV2::ListenerRule",
+        "Properties": {
+            "ListenerArn": ref("HttpsListener"),
+            "Priority": priority,
+            "Conditions": [{"Field": "path-pattern", "PathPatternConfig": paths}],
+            "Actions": [
+                {
+                    "Type": "fixed-response",
+                    "FixedResponseConfig": {
+                        "StatusCode": "404",
+                        "ContentType": "application/json",
+                        "MessageBody": METRICS_NOT_FOUND,
+                    },
+                }
+            ],
+        },
+    }
+
+
 def load_balancer(app_port: int, graceful_timeout: int) -> dict[str, Any]:
     return {
         "LoadBalancer": {
             "Type": "AWS::ElasticLoadBalancingV2::LoadBalancer",
             "Properties": {
                 "Type": "application",
-                "Scheme": "internet-facing",
+                # Internal: API Gateway reaches it through its VPC link, and nothing else from outside the VPC does,
+                # so no client can go around API Gateway's throttling (deploy/README.md, "The edge").
+                "Scheme": "internal",
                 "IpAddressType": "ipv4",
-                "Subnets": [ref("PublicSubnet1"), ref("PublicSubnet2")],
+                "Subnets": [ref("PrivateSubnet1"), ref("PrivateSubnet2")],
                 "SecurityGroups": [ref("LoadBalancerSecurityGroup")],
                 "LoadBalancerAttributes": [
                     {"Key": "idle_timeout.timeout_seconds", "Value": str(ALB_IDLE_TIMEOUT)},
@@ -463,27 +576,7 @@ def load_balancer(app_port: int, graceful_timeout: int) -> dict[str, Any]:
                 "Tags": tags("tg"),
             },
         },
-        "HttpListener": {
-            "Type": "AWS::ElasticLoadBalancingV2::Listener",
-            "Properties": {
-                "LoadBalancerArn": ref("LoadBalancer"),
-                "Protocol": "HTTP",
-                "Port": 80,
-                "DefaultActions": [
-                    {
-                        "Type": "redirect",
-                        "RedirectConfig": {
-                            "Protocol": "HTTPS",
-                            "Port": "443",
-                            "Host": "#{host}",
-                            "Path": "/#{path}",
-                            "Query": "#{query}",
-                            "StatusCode": "HTTP_301",
-                        },
-                    }
-                ],
-            },
-        },
+        # HTTPS only: API Gateway's private integration calls this listener, and nothing else can reach the ALB.
         "HttpsListener": {
             "Type": "AWS::ElasticLoadBalancingV2::Listener",
             "Properties": {
@@ -495,6 +588,10 @@ def load_balancer(app_port: int, graceful_timeout: int) -> dict[str, Any]:
                 "DefaultActions": [{"Type": "forward", "TargetGroupArn": ref("TargetGroup")}],
             },
         },
+        # /metrics (routes, pool figures, internals) is for scrapers inside the VPC, which call an instance's
+        # port: the listener answers it 404 itself, as the service answers a path it does not serve.
+        "MetricsNotFoundRule": metrics_rule(1, {"Values": list(METRICS_PATHS)}),
+        "MetricsEncodedNotFoundRule": metrics_rule(2, {"RegexValues": [METRICS_PATH_REGEX]}),
         "DnsRecord": {
             "Type": "AWS::Route53::RecordSet",
             "Condition": "CreateDnsRecord",
@@ -518,8 +615,9 @@ DELETE_WITH_THE_STACK = {"DeletionPolicy": "Delete", "UpdateReplacePolicy": "Del
 
 
 def instance_role() -> dict[str, Any]:
-    """docs/configuration.md's least-privilege policy (the SSM path and the RDS-managed secret; both use AWS
-    managed KMS keys, so no kms:Decrypt), plus the metrics publisher and the CloudWatch agent."""
+    """docs/configuration.md's least-privilege policy (the SSM path and the two logins' secrets, all with AWS
+    managed KMS keys, so no kms:Decrypt; with RdsProxyIamAuth, rds-db:connect to the proxy as the service's login
+    alone), plus the metrics publisher and the CloudWatch agent."""
     arn = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/${ServiceName}"
     policy = {
         "Version": "2012-10-17",
@@ -531,10 +629,35 @@ def instance_role() -> dict[str, Any]:
                 "Resource": [sub(arn), sub(arn + "/*")],
             },
             {
-                "Sid": "ReadTheSecret",
+                # The service's row-only login (PRODUCTOS_SECRET_ID) and the master user's, for `productos migrate`
+                # (PRODUCTOS_MIGRATE_SECRET_ID).
+                "Sid": "ReadTheTwoLogins",
                 "Effect": "Allow",
                 "Action": "secretsmanager:GetSecretValue",
-                "Resource": get_att("Database", "MasterUserSecret.SecretArn"),
+                "Resource": [ref("AppDatabaseSecret"), get_att("Database", "MasterUserSecret.SecretArn")],
+            },
+            {
+                "Fn::If": [
+                    "UseRdsProxyIamAuth",
+                    {
+                        "Sid": "LogInToTheProxyAsTheServicesLogin",
+                        "Effect": "Allow",
+                        "Action": "rds-db:connect",
+                        "Resource": {
+                            "Fn::Sub": [
+                                "arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}:dbuser:${ProxyId}/"
+                                "${AppDatabaseUsername}",
+                                # The proxy's resource id (prx-...) is the last part of its ARN.
+                                {
+                                    "ProxyId": {
+                                        "Fn::Select": [6, {"Fn::Split": [":", get_att("DatabaseProxy", "DBProxyArn")]}]
+                                    }
+                                },
+                            ]
+                        },
+                    },
+                    ref("AWS::NoValue"),
+                ]
             },
             {
                 # PutMetricData has no resource; the namespace condition is what narrows it.
@@ -596,7 +719,8 @@ USER_DATA_HEADER = """\
 AWS_REGION='${AWS::Region}'
 SERVICE_NAME='${ServiceName}'
 SSM_PATH='/${ServiceName}/'
-SECRET_ID='${Database.MasterUserSecret.SecretArn}'
+SECRET_ID='${AppDatabaseSecret}'
+MIGRATE_SECRET_ID='${Database.MasterUserSecret.SecretArn}'
 METRICS_NAMESPACE='${MetricsNamespace}'
 LOG_GROUP='${AppLogGroup}'
 """
@@ -664,6 +788,17 @@ def instances() -> dict[str, Any]:
     }
 
 
+def database_url(host: Any, port: Any) -> dict[str, Any]:
+    """A database URL without credentials, from the stack. A variable map rather than ${Database.Endpoint.Address}:
+    moto's Fn::Sub reads only the first part of a dotted attribute name, and the tests create this stack in moto."""
+    return {
+        "Fn::Sub": [
+            "postgresql://${Host}:${Port}/${DatabaseName}?sslmode=require",
+            {"Host": host, "Port": port},
+        ]
+    }
+
+
 def database() -> dict[str, Any]:
     return {
         "DatabaseSubnetGroup": {
@@ -700,25 +835,75 @@ def database() -> dict[str, Any]:
                 "Tags": tags("db"),
             },
         },
-        # The URL without a password: the secret's username and password complete it (docs/configuration.md).
-        # A String, not a SecureString (CloudFormation cannot make those), since it holds no secret.
+        # The service's login: a role `productos migrate` (as the master user) makes and limits to reading and
+        # writing rows (DB_APP_ROLE=auto), with the password generated here. Not rotated by the stack: a rotation
+        # function (the alternating or single user one of AWS) may be added; productos follows a rotated password
+        # without a restart, and the next migration sets the database's password again if it was ever replaced.
+        "AppDatabaseSecret": {
+            "Type": "AWS::SecretsManager::Secret",
+            # Deleted with the stack (after Secrets Manager's recovery window): a database restored from the
+            # snapshot gets the new stack's password at its first migration.
+            **DELETE_WITH_THE_STACK,
+            "Properties": {
+                "Description": sub("${ServiceName}: the service's row-only database login (PRODUCTOS_SECRET_ID)"),
+                "GenerateSecretString": {
+                    "SecretStringTemplate": sub('{"username": "${AppDatabaseUsername}"}'),
+                    "GenerateStringKey": "password",
+                    "PasswordLength": 32,
+                    "ExcludePunctuation": True,
+                },
+                "Tags": tags("app-login"),
+            },
+        },
+        # The URLs without a password: the secrets' usernames and passwords complete them (docs/configuration.md).
+        # Strings, not SecureStrings (CloudFormation cannot make those), since they hold no secret. The service's
+        # goes to RDS Proxy when there is one; the owner's, for migrations, always straight to the database.
         "DatabaseUrlParameter": {
             "Type": "AWS::SSM::Parameter",
             "Properties": {
                 "Name": sub("/${ServiceName}/database-url"),
                 "Type": "String",
-                # A variable map rather than ${Database.Endpoint.Address}: moto's Fn::Sub reads only the first
-                # part of a dotted attribute name, and the tests create this stack in moto.
-                "Value": {
-                    "Fn::Sub": [
-                        "postgresql://${Host}:${Port}/${DatabaseName}?sslmode=require",
-                        {
-                            "Host": get_att("Database", "Endpoint.Address"),
-                            "Port": get_att("Database", "Endpoint.Port"),
-                        },
-                    ]
-                },
+                "Value": database_url(
+                    {
+                        "Fn::If": [
+                            "UseRdsProxy",
+                            get_att("DatabaseProxy", "Endpoint"),
+                            get_att("Database", "Endpoint.Address"),
+                        ]
+                    },
+                    {"Fn::If": ["UseRdsProxy", str(DB_PORT), get_att("Database", "Endpoint.Port")]},
+                ),
                 "Description": "DATABASE_URL without credentials (they come from PRODUCTOS_SECRET_ID)",
+            },
+        },
+        "DatabaseMigrateUrlParameter": {
+            "Type": "AWS::SSM::Parameter",
+            "Properties": {
+                "Name": sub("/${ServiceName}/database-migrate-url"),
+                "Type": "String",
+                "Value": database_url(get_att("Database", "Endpoint.Address"), get_att("Database", "Endpoint.Port")),
+                "Description": "DATABASE_MIGRATE_URL without credentials (they come from PRODUCTOS_MIGRATE_SECRET_ID)",
+            },
+        },
+        # Behind RDS Proxy: transaction pooling (README, "Behind a connection pooler").
+        "DbPoolerParameter": {
+            "Type": "AWS::SSM::Parameter",
+            "Condition": "UseRdsProxy",
+            "Properties": {
+                "Name": sub("/${ServiceName}/db-pooler"),
+                "Type": "String",
+                "Value": "transaction",
+                "Description": "DB_POOLER",
+            },
+        },
+        "DbIamAuthParameter": {
+            "Type": "AWS::SSM::Parameter",
+            "Condition": "UseRdsProxyIamAuth",
+            "Properties": {
+                "Name": sub("/${ServiceName}/db-iam-auth"),
+                "Type": "String",
+                "Value": "true",
+                "Description": "DB_IAM_AUTH",
             },
         },
         **{
@@ -727,18 +912,139 @@ def database() -> dict[str, Any]:
                 "Properties": {
                     "Name": sub(f"/${{ServiceName}}/{setting}"),
                     "Type": "String",
-                    "Value": ref(name),
+                    "Value": value,
                     "Description": setting.upper().replace("-", "_"),
                 },
             }
-            for name, setting in (("DbPoolSize", "db-pool-size"), ("DbMaxOverflow", "db-max-overflow"))
+            for name, setting, value in (
+                ("DbPoolSize", "db-pool-size", ref("DbPoolSize")),
+                ("DbMaxOverflow", "db-max-overflow", ref("DbMaxOverflow")),
+                # What `productos check` on an instance weighs the pools against.
+                ("DbConnectionBudget", "db-connection-budget", str(DB_CONNECTION_BUDGET)),
+                ("AsgMaxSize", "productos-asg-max-size", str(ASG_MAX)),
+            )
+        },
+    }
+
+
+def rds_proxy() -> dict[str, Any]:
+    """RDS Proxy, with EnableRdsProxy: the service's pools go to it (the database-url parameter and DB_POOLER=
+    transaction, in database()), and it logs in to the database as the service's login, with its secret. The
+    instances reach it on 5432 and it reaches the database; migrations still log in straight to the database."""
+    when = {"Condition": "UseRdsProxy"}
+    statement_timeout = float(Settings.model_fields["db_statement_timeout"].default)
+    return {
+        "DatabaseProxyRole": {
+            "Type": "AWS::IAM::Role",
+            **when,
+            "Properties": {
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "rds.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                },
+                # The service's login only (an AWS managed KMS key: no kms:Decrypt).
+                "Policies": [
+                    {
+                        "PolicyName": "productos-proxy",
+                        "PolicyDocument": {
+                            "Version": "2012-10-17",
+                            "Statement": [
+                                {
+                                    "Sid": "ReadTheServicesLogin",
+                                    "Effect": "Allow",
+                                    "Action": "secretsmanager:GetSecretValue",
+                                    "Resource": ref("AppDatabaseSecret"),
+                                }
+                            ],
+                        },
+                    }
+                ],
+                "Tags": tags("proxy"),
+            },
+        },
+        "DatabaseProxySecurityGroup": {
+            "Type": "AWS::EC2::SecurityGroup",
+            **when,
+            "Properties": {
+                "GroupDescription": "RDS Proxy: PostgreSQL from the instances only",
+                "VpcId": ref("Vpc"),
+                "SecurityGroupIngress": [
+                    ingress(
+                        DB_PORT,
+                        SourceSecurityGroupId=ref("InstanceSecurityGroup"),
+                        Description="PostgreSQL, from the instances",
+                    )
+                ],
+                "Tags": tags("proxy"),
+            },
+        },
+        "DatabaseFromProxyIngress": {
+            "Type": "AWS::EC2::SecurityGroupIngress",
+            **when,
+            "Properties": {
+                "GroupId": ref("DatabaseSecurityGroup"),
+                **ingress(
+                    DB_PORT,
+                    SourceSecurityGroupId=ref("DatabaseProxySecurityGroup"),
+                    Description="PostgreSQL, from RDS Proxy",
+                ),
+            },
+        },
+        "DatabaseProxy": {
+            "Type": "AWS::RDS::DBProxy",
+            **when,
+            "Properties": {
+                "DBProxyName": sub("${ServiceName}-proxy"),
+                "EngineFamily": "POSTGRESQL",
+                "Auth": [
+                    {
+                        "Description": "The service's row-only login",
+                        "AuthScheme": "SECRETS",
+                        "SecretArn": ref("AppDatabaseSecret"),
+                        "IAMAuth": {"Fn::If": ["UseRdsProxyIamAuth", "REQUIRED", "DISABLED"]},
+                        "ClientPasswordAuthType": "POSTGRES_SCRAM_SHA_256",
+                    }
+                ],
+                "RoleArn": get_att("DatabaseProxyRole", "Arn"),
+                "VpcSubnetIds": [ref("PrivateSubnet1"), ref("PrivateSubnet2")],
+                "VpcSecurityGroupIds": [ref("DatabaseProxySecurityGroup")],
+                "RequireTLS": True,
+                "DebugLogging": False,
+                "Tags": tags("proxy"),
+            },
+        },
+        "DatabaseProxyTargetGroup": {
+            "Type": "AWS::RDS::DBProxyTargetGroup",
+            **when,
+            "Properties": {
+                "DBProxyName": ref("DatabaseProxy"),
+                "TargetGroupName": "default",
+                "DBInstanceIdentifiers": [ref("Database")],
+                "ConnectionPoolConfigurationInfo": {
+                    "MaxConnectionsPercent": PROXY_MAX_CONNECTIONS_PERCENT,
+                    "MaxIdleConnectionsPercent": PROXY_MAX_IDLE_CONNECTIONS_PERCENT,
+                    # A transaction waits this long for a database connection at most: the service's own bound on
+                    # a statement (DB_STATEMENT_TIMEOUT), past which it has answered 503 anyway.
+                    "ConnectionBorrowTimeout": int(statement_timeout),
+                    # productos sets its limits with SET LOCAL, inside each transaction (DB_POOLER=transaction):
+                    # nothing that needs the session pinned to one database connection.
+                    "SessionPinningFilters": ["EXCLUDE_VARIABLE_SETS"],
+                },
+            },
         },
     }
 
 
 def api_gateway() -> dict[str, Any]:
     """The guide's option A: an HTTP API whose $default route proxies every path to the ALB's HTTPS listener,
-    throttled at its stage, with access logs."""
+    throttled at its stage, with access logs; a private integration, through a VPC link, since the ALB is internal.
+    TLS all the way: API Gateway checks the ALB's certificate for DomainName."""
     access_log = {
         "requestId": "$context.requestId",
         "ip": "$context.identity.sourceIp",
@@ -759,14 +1065,26 @@ def api_gateway() -> dict[str, Any]:
                 "Description": "Proxy to the ALB",
             },
         },
+        "VpcLink": {
+            "Type": "AWS::ApiGatewayV2::VpcLink",
+            "Properties": {
+                "Name": sub("${ServiceName}-alb"),
+                "SubnetIds": [ref("PrivateSubnet1"), ref("PrivateSubnet2")],
+                "SecurityGroupIds": [ref("VpcLinkSecurityGroup")],
+            },
+        },
         "HttpApiIntegration": {
             "Type": "AWS::ApiGatewayV2::Integration",
             "Properties": {
                 "ApiId": ref("HttpApi"),
                 "IntegrationType": "HTTP_PROXY",
                 "IntegrationMethod": "ANY",
-                # The $default route sends the whole request path on to this URL.
-                "IntegrationUri": sub("https://${DomainName}"),
+                # A private integration: the ALB's HTTPS listener, through the VPC link. The $default route (of the
+                # $default stage: no stage in the path) sends the whole request path on.
+                "ConnectionType": "VPC_LINK",
+                "ConnectionId": ref("VpcLink"),
+                "IntegrationUri": ref("HttpsListener"),
+                "TlsConfig": {"ServerNameToVerify": ref("DomainName")},
                 "PayloadFormatVersion": "1.0",
             },
         },
@@ -825,15 +1143,22 @@ def outputs() -> dict[str, Any]:
 
     return {
         "ApiEndpoint": output(get_att("HttpApi", "ApiEndpoint"), "API Gateway: the service's public URL"),
-        "LoadBalancerDnsName": output(get_att("LoadBalancer", "DNSName"), "Point DomainName here"),
+        "LoadBalancerDnsName": output(
+            get_att("LoadBalancer", "DNSName"), "The internal ALB, reachable from inside the VPC only"
+        ),
         "AutoScalingGroupName": output(ref("AutoScalingGroup"), "For instance refreshes"),
         "LaunchTemplateId": output(ref("LaunchTemplate"), "The instances' launch template"),
         "TargetGroupArn": output(ref("TargetGroup"), "The ASG's target group"),
         "DatabaseEndpoint": output(get_att("Database", "Endpoint.Address"), "RDS PostgreSQL"),
         "DatabaseSecretArn": output(
             get_att("Database", "MasterUserSecret.SecretArn"),
-            "The master user's secret (PRODUCTOS_SECRET_ID)",
+            "The master user's secret, the schema owner's login for migrations (PRODUCTOS_MIGRATE_SECRET_ID)",
         ),
+        "AppDatabaseSecretArn": output(ref("AppDatabaseSecret"), "The service's row-only login (PRODUCTOS_SECRET_ID)"),
+        "DatabaseProxyEndpoint": {
+            **output(get_att("DatabaseProxy", "Endpoint"), "RDS Proxy, where DATABASE_URL leads (EnableRdsProxy)"),
+            "Condition": "UseRdsProxy",
+        },
         "SsmPath": output(sub("/${ServiceName}/"), "PRODUCTOS_SSM_PATH"),
         "Dashboard": output(
             sub("https://console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}#dashboards:name=${Dashboard}"),
@@ -866,6 +1191,49 @@ def check_stop_timeouts(graceful_timeout: int) -> None:
         )
 
 
+def unit_lines(section: str) -> list[str]:
+    """The lines of one section (``Unit``, ``Service``) of the systemd unit, comments and blanks left out."""
+    lines: list[str] = []
+    current = None
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+        elif current == section and line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def check_start(grace_period: int) -> int:
+    """The start of an instance fits together: ``productos migrate --wait`` neither hides a failure nor outlasts
+    the health check grace period, systemd gives it the time it needs, and a database that stays down ends in a
+    failed unit rather than in restarts for ever. Returns the wait."""
+    service = unit_lines("Service")
+    pre = [line.partition("=")[2] for line in service if line.startswith("ExecStartPre=")]
+    # An absolute path first: systemd's prefixes ('-' ignores a failure) would come before it.
+    found = [re.fullmatch(r"(/\S+/productos) migrate --wait (\d+)", command) for command in pre]
+    if len(found) != 1 or found[0] is None:
+        raise ValueError(f"{UNIT.name}: one ExecStartPre=/.../productos migrate --wait SECONDS, without '-' ({pre})")
+    wait = int(found[0].group(2))
+    if wait + BOOT_ALLOWANCE > grace_period:
+        raise ValueError(
+            f"the migration's wait ({wait} s) + {BOOT_ALLOWANCE} s outlasts the grace period ({grace_period} s)"
+        )
+    if unit_setting("TimeoutStartSec") < wait + MIGRATION_ALLOWANCE:
+        raise ValueError(f"TimeoutStartSec must cover the migration's wait ({wait} s) and {MIGRATION_ALLOWANCE} s more")
+    # systemd reads the start limits in [Unit] only (in [Service], StartLimitIntervalSec is ignored).
+    limits = {line.partition("=")[0] for line in unit_lines("Unit")}
+    if not {"StartLimitIntervalSec", "StartLimitBurst"} <= limits:
+        raise ValueError(f"{UNIT.name}: StartLimitIntervalSec and StartLimitBurst belong in [Unit]")
+    burst, interval = unit_setting("StartLimitBurst"), unit_setting("StartLimitIntervalSec")
+    if burst * (wait + unit_setting("RestartSec")) >= interval:
+        raise ValueError(
+            f"{burst} starts of {wait} s each fit in StartLimitIntervalSec ({interval} s) only if it is longer: "
+            "a database that stays down would restart the unit for ever"
+        )
+    return wait
+
+
 def template() -> dict[str, Any]:
     settings = Settings.model_fields
     app_port = int(settings["app_port"].default)
@@ -874,6 +1242,7 @@ def template() -> dict[str, Any]:
     if keepalive <= ALB_IDLE_TIMEOUT:
         raise ValueError(f"PRODUCTOS_KEEPALIVE ({keepalive}) must exceed the ALB's idle timeout ({ALB_IDLE_TIMEOUT})")
     check_stop_timeouts(graceful_timeout)
+    check_start(HEALTH_CHECK_GRACE_PERIOD)
     parts: list[Callable[[], dict[str, Any]]] = [
         network,
         lambda: security_groups(app_port),
@@ -881,6 +1250,7 @@ def template() -> dict[str, Any]:
         instance_role,
         instances,
         database,
+        rds_proxy,
         api_gateway,
         alarm_topic,
         monitoring,

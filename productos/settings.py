@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     #: The schema owner's login, straight to PostgreSQL (not through a pooler: ``DB_POOLER`` does not apply to
     #: it), for ``productos migrate`` and the migrations at start; unset: ``DATABASE_URL``'s.
     database_migrate_url: SecretStr | None = Field(None, **_env("DATABASE_MIGRATE_URL"))
+    #: ``auto``: when ``DATABASE_MIGRATE_URL`` logs in as another user than ``DATABASE_URL``, the migrations (run
+    #: as that owner) make ``DATABASE_URL``'s user a role that may only read and write rows
+    #: (``productos.migrations.RowRole``). ``none``: they make no role and grant nothing (a DBA does).
+    db_app_role: Literal["auto", "none"] = Field("auto", **_env("DB_APP_ROLE"))
+    #: A read replica of ``DATABASE_URL`` (an RDS read replica, an Aurora reader endpoint), PostgreSQL, for the
+    #: read-only units of work of the services that take it (``productos.infra.db.replica``); its own pool, with
+    #: the same pool settings, limits and ``DB_POOLER``. Unset: every unit goes to ``DATABASE_URL``.
+    database_read_url: SecretStr | None = Field(None, **_env("DATABASE_READ_URL"))
+    #: Seconds of replication lag past which reads go to the primary, until the replica catches up.
+    db_read_max_lag: float = Field(5.0, **_env("DB_READ_MAX_LAG"), gt=0, le=86_400)
     app_host: str = Field("0.0.0.0", **_env("APP_HOST"))  # noqa: S104 - behind the ALB's security group
     app_port: int = Field(8000, **_env("APP_PORT"), ge=1, le=65535)
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, **_env("WORKERS"), ge=1, le=256)
@@ -95,6 +105,11 @@ class Settings(BaseSettings):
     #: RDS Proxy), so every unit of work runs in BEGIN...COMMIT with the session limits set per transaction and no
     #: named prepared statements (``productos.infra.db.engine.SessionLimits``). ``none``: straight to PostgreSQL.
     db_pooler: Literal["none", "transaction"] = Field("none", **_env("DB_POOLER"))
+    #: This service's share of the database server's connections: its ``max_connections`` less the reserved ones
+    #: and what other clients hold. Unset: all of it (``productos check`` reads it from the server). The worst
+    #: case, ASG maximum x ``WORKERS`` x (``DB_POOL_SIZE`` + ``DB_MAX_OVERFLOW``), must fit in it
+    #: (``productos.domain.connection_budget``).
+    db_connection_budget: int | None = Field(None, **_env("DB_CONNECTION_BUDGET"), ge=1, le=1_000_000)
 
     # HTTP serving
     health_timeout: float = Field(2.0, **_env("PRODUCTOS_HEALTH_TIMEOUT"), gt=0, le=4.5)
@@ -105,6 +120,8 @@ class Settings(BaseSettings):
     #: garbage collector's reach (``gc.freeze``), so that full collections stop scanning it.
     gc_freeze: bool = Field(True, **_env("PRODUCTOS_GC_FREEZE"))
     migrate_on_start: bool | None = Field(None, **_env("PRODUCTOS_MIGRATE_ON_START"))
+    #: ``/openapi.json``, ``/docs`` and ``/redoc``; off in production when the API's description is not public.
+    docs_enabled: bool = Field(True, **_env("PRODUCTOS_DOCS_ENABLED"))
 
     # HTTP edge: leaving service and the limits of a front-line server (productos.entrypoints.worker and
     # .protocol; productos.http.limits). All but the concurrency bound are read by gunicorn's master: env/.env.
@@ -123,6 +140,9 @@ class Settings(BaseSettings):
     # Remote sources, read at start-up (these come from explicit arguments, the environment or .env only)
     ssm_path: str | None = Field(None, **_env("PRODUCTOS_SSM_PATH"))
     secret_id: str | None = Field(None, **_env("PRODUCTOS_SECRET_ID"))
+    #: A second secret, the schema owner's login (an RDS-style secret, such as RDS's own master user secret): it
+    #: yields ``DATABASE_MIGRATE_URL``, or completes one from a lower source, and nothing else.
+    migrate_secret_id: str | None = Field(None, **_env("PRODUCTOS_MIGRATE_SECRET_ID"))
     secret_ttl: float = Field(300.0, **_env("PRODUCTOS_SECRET_TTL"), gt=0, le=86_400)
     db_iam_auth: bool = Field(False, **_env("DB_IAM_AUTH"))
 
@@ -140,6 +160,12 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, **_env("PRODUCTOS_ACCESS_LOG"))
     otel_exporter: Literal["auto", "otlp", "console", "none"] = Field("auto", **_env("PRODUCTOS_OTEL_EXPORTER"))
     otel_exporter_otlp_endpoint: str | None = Field(None, **_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    #: OpenTelemetry's per-signal exporters; when set, each wins over ``otel_exporter`` for its signal
+    #: (``prometheus``: ``/metrics`` only, which is always served).
+    otel_traces_exporter: Literal["otlp", "console", "none"] | None = Field(None, **_env("OTEL_TRACES_EXPORTER"))
+    otel_metrics_exporter: Literal["otlp", "console", "prometheus", "none"] | None = Field(
+        None, **_env("OTEL_METRICS_EXPORTER")
+    )
     xray: bool = Field(False, **_env("PRODUCTOS_XRAY"))
     trusted_proxies: str = Field("", **_env("PRODUCTOS_TRUSTED_PROXIES"))
 
@@ -150,13 +176,22 @@ class Settings(BaseSettings):
     )
     metrics_interval: int = Field(60, **_env("PRODUCTOS_METRICS_INTERVAL"), ge=1, le=60)
     asg_name: str | None = Field(None, **_env("PRODUCTOS_ASG_NAME"))
+    #: The Auto Scaling group's maximum size, for the connection budget; unset: its ``MaxSize`` from the Auto
+    #: Scaling API when ``PRODUCTOS_ASG_NAME`` names it.
+    asg_max_size: int | None = Field(None, **_env("PRODUCTOS_ASG_MAX_SIZE"), ge=1, le=100_000)
 
-    @field_validator("metrics_publisher", "db_pooler", mode="before")
+    @field_validator("metrics_publisher", "db_pooler", "db_app_role", mode="before")
     @classmethod
     def _lower_publisher(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("database_migrate_url", mode="before")
+    @field_validator("otel_traces_exporter", "otel_metrics_exporter", mode="before")
+    @classmethod
+    def _otel_exporter_name(cls, value: Any) -> Any:
+        # OpenTelemetry's enumerations are case-insensitive; an empty variable is an unset one.
+        return (value.strip().lower() or None) if isinstance(value, str) else value
+
+    @field_validator("database_migrate_url", "database_read_url", mode="before")
     @classmethod
     def _blank_url_is_unset(cls, value: Any) -> Any:
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
@@ -197,7 +232,15 @@ class Settings(BaseSettings):
     def _lower_log_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("ssm_path", "secret_id", "aws_region", mode="before")
+    @field_validator(
+        "ssm_path",
+        "secret_id",
+        "migrate_secret_id",
+        "aws_region",
+        "db_connection_budget",
+        "asg_max_size",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -250,6 +293,7 @@ AWS_BOOTSTRAP_FIELDS = frozenset(
     {
         "ssm_path",
         "secret_id",
+        "migrate_secret_id",
         "secret_ttl",
         "aws_region",
         "aws_connect_timeout",

@@ -44,7 +44,8 @@ UnitOfWorkT = TypeVar("UnitOfWorkT", bound=UnitOfWork, covariant=True)
 class UnitOfWorkFactory(Protocol[UnitOfWorkT]):
     """Makes units of work.
 
-    ``read_only=True``: the unit only reads; the adapter may skip the transaction. ``autocommit=True``: the
+    ``read_only=True``: the unit only reads; the adapter may skip the transaction, and may read from a replica
+    that lags a little behind the primary, never after the request has written. ``autocommit=True``: the
     unit runs one write statement (each repository write is atomic on its own), so the adapter may run it
     without a transaction, and save a BEGIN and a COMMIT round trip; it is committed as it runs.
     ``commit()`` is still called, and does nothing more.

@@ -1,9 +1,14 @@
-"""``productos aws``: the guide's scaling policies, alarms and dashboard, printed as JSON or applied.
+"""``productos aws``: the guide's scaling policies, alarms and dashboard, and the pools' sizes, printed as JSON or
+applied.
 
-``productos aws scaling-policies|alarms|dashboard [--apply]``. The JSON printed is the exact request each
-resource is created with (``PutScalingPolicy``, ``PutMetricAlarm``, ``PutDashboard``; the dashboard's body
-as an object); ``--apply`` sends those requests through aioboto3 and prints the same JSON. The requests come
-from ``productos.infra.aws.resources``.
+``productos aws scaling-policies|alarms|dashboard|pool-sizes [--apply]``. The JSON printed is the exact request
+each resource is created with (``PutScalingPolicy``, ``PutMetricAlarm``, ``PutDashboard``; the dashboard's body
+as an object; ``ssm:PutParameter`` for ``DB_POOL_SIZE`` and ``DB_MAX_OVERFLOW``); ``--apply`` sends those requests
+through aioboto3 and prints the same JSON. The requests come from ``productos.infra.aws.resources``; the pool
+sizes from ``productos.domain.connection_budget``: the largest pool per worker whose worst case at the Auto
+Scaling group's maximum (``--asg-max-size``, else the group's ``MaxSize``) x ``--workers`` fits
+``--connection-budget`` (``DB_CONNECTION_BUDGET``), written under ``--ssm-path`` (``PRODUCTOS_SSM_PATH``, else
+``/<prefix>/``). The budget also sets the RDS connections alarm (80 % of it).
 
 Names come from options, else from the environment: ``--asg-name`` (``PRODUCTOS_ASG_NAME``), ``--namespace``
 (``PRODUCTOS_CLOUDWATCH_NAMESPACE``), ``--alb`` (``PRODUCTOS_ALB``), ``--target-group``
@@ -28,8 +33,9 @@ from productos.infra.aws.clients import describe_aws_failure
 
 COMMANDS = {
     "scaling-policies": "target-tracking policies: CPU 70 %, ALB requests per target 1000, DB pool 80 %",
-    "alarms": "alarms: ALB 5XX, RDS CPU, unhealthy hosts, API Gateway 4XX rate",
+    "alarms": "alarms: ALB 5XX, RDS CPU, RDS connections at 80 % of the budget, unhealthy hosts, API Gateway 4XX rate",
     "dashboard": "the CloudWatch dashboard: API Gateway, ALB, ASG, RDS and the service's own metrics",
+    "pool-sizes": "DB_POOL_SIZE and DB_MAX_OVERFLOW per worker for the ASG's maximum, from the connection budget",
 }
 
 
@@ -66,6 +72,12 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--alarm-action", action="append", default=[], help="an ARN to notify (an SNS topic); repeatable"
     )
+    parser.add_argument(
+        "--connection-budget", type=int, help="the service's share of the database's connections (DB_CONNECTION_BUDGET)"
+    )
+    parser.add_argument("--asg-max-size", type=int, help="the ASG's maximum (PRODUCTOS_ASG_MAX_SIZE; else its MaxSize)")
+    parser.add_argument("--workers", type=int, help="WORKERS of each instance (pool-sizes)")
+    parser.add_argument("--ssm-path", help="where pool-sizes writes (PRODUCTOS_SSM_PATH; default /<prefix>/)")
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -83,6 +95,24 @@ async def run(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
     if args.api_id and args.api_name:
         raise ConfigurationError("give --api-id (an HTTP API) or --api-name (a REST API), not both")
     asg_name = args.asg_name or settings.asg_name
+    budget = args.connection_budget if args.connection_budget is not None else settings.db_connection_budget
+    if budget is not None and budget < 1:
+        raise ConfigurationError(f"the connection budget must be at least 1, not {budget}")
+    if args.aws_command == "pool-sizes":
+        sizing = settings.model_copy(
+            update={
+                "aws_region": region,
+                "asg_name": asg_name,
+                "asg_max_size": args.asg_max_size or settings.asg_max_size,
+            }
+        )
+        async with AwsClients.from_settings(sizing) as aws:
+            parameters = await _pool_size_parameters(args, sizing, aws, budget, err)
+            if args.apply:
+                await _apply(aws, args.aws_command, parameters, err)
+        json.dump(parameters, out, indent=2)
+        out.write("\n")
+        return 0
     if not asg_name:
         raise ConfigurationError("no Auto Scaling group: give --asg-name or set PRODUCTOS_ASG_NAME")
     if (args.apply or args.aws_command == "dashboard") and not region:
@@ -103,6 +133,7 @@ async def run(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
                 region=region or "us-east-1",
                 prefix=args.prefix or settings.service_name,
                 alarm_actions=tuple(args.alarm_action),
+                connection_budget=budget,
             )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
@@ -122,11 +153,51 @@ async def run(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+async def _pool_size_parameters(
+    args: argparse.Namespace, settings: Any, aws: Any, budget: int | None, err: TextIO
+) -> list[dict[str, Any]]:
+    """The ``ssm:PutParameter`` requests of ``DB_POOL_SIZE`` and ``DB_MAX_OVERFLOW`` that fit the budget."""
+    from productos.domain.connection_budget import ConnectionDemand, fit_pool_sizes
+    from productos.entrypoints.budget import asg_maximum, pool_ceiling
+
+    if budget is None:
+        raise ConfigurationError(
+            "no connection budget: give --connection-budget or set DB_CONNECTION_BUDGET (the service's share of the "
+            "database's max_connections; `productos check` shows what the server allows)"
+        )
+    workers = (
+        args.workers
+        if args.workers is not None
+        else (settings.workers if "workers" in settings.model_fields_set else None)
+    )
+    if workers is None or workers < 1:
+        raise ConfigurationError("give --workers or set WORKERS: the gunicorn workers of each instance (its vCPUs)")
+    instances, source = await asg_maximum(settings, aws, required=True)
+    sizes = fit_pool_sizes(budget, instances=instances, workers=workers, ceiling=pool_ceiling())
+    demand = ConnectionDemand(instances, workers, sizes.per_worker)
+    print(f"pool sizes: at worst {demand.describe()} connections ({source}), budget {budget}", file=err)
+    path = args.ssm_path or settings.ssm_path or f"/{args.prefix or settings.service_name}/"
+    if not path.startswith("/"):
+        raise ConfigurationError(f"the SSM path must start with '/', not {path!r}")
+    path = path if path.endswith("/") else path + "/"
+    return [
+        {
+            "Name": f"{path}{name}",
+            "Value": str(value),
+            "Type": "String",
+            "Overwrite": True,
+            "Description": f"{name.upper().replace('-', '_')} of each worker: {demand.describe()} <= {budget}",
+        }
+        for name, value in (("db-pool-size", sizes.pool_size), ("db-max-overflow", sizes.max_overflow))
+    ]
+
+
 #: What each command applies, and the IAM permission it needs, for failure messages.
 _APPLIED = {
     "scaling-policies": ("the scaling policies", "autoscaling:PutScalingPolicy"),
     "alarms": ("the alarms", "cloudwatch:PutMetricAlarm"),
     "dashboard": ("the dashboard", "cloudwatch:PutDashboard"),
+    "pool-sizes": ("the pool sizes", "ssm:PutParameter"),
 }
 _SETTING = "the AWS credentials and AWS_REGION"
 
@@ -145,6 +216,11 @@ async def _apply(aws: Any, command: str, requests: Any, err: TextIO) -> None:
             for request in requests:
                 await cloudwatch.put_metric_alarm(**request)
                 print(f"applied alarm {request['AlarmName']}", file=err)
+        elif command == "pool-sizes":
+            ssm = await aws.client("ssm")
+            for request in requests:
+                await ssm.put_parameter(**request)
+                print(f"applied parameter {request['Name']} = {request['Value']}", file=err)
         else:
             cloudwatch = await aws.client("cloudwatch")
             answer = await cloudwatch.put_dashboard(

@@ -2,6 +2,7 @@
 
 Is the configuration complete, and can this instance reach its database, and if not, why? It resolves the
 settings (secrets masked, each with its source), then times DNS, TCP, the database login and a query, checks
+that the worst case of the pools' connections fits the connection budget (``productos.entrypoints.budget``) and
 that migrations are at head, and ends with a verdict. Exit status 0 when everything passed, 1 otherwise, 2 when
 the configuration itself is invalid.
 """
@@ -25,8 +26,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.domain.errors import ConfigurationError
+from productos.entrypoints.budget import budget_hint, check_budget
 from productos.infra.db.engine import SessionLimits, behind_pooler, transactional
 from productos.infra.db.migrate import Migrations, alembic_config
+from productos.infra.db.replica import LAGGING, classify
+from productos.infra.db.replica_lag import LAG_QUERY
 from productos.infra.db.url import DatabaseTarget, parse_database_url
 from productos.runtime.bootstrap import open_engine
 from productos.runtime.settings_loader import ResolvedSettings, open_settings
@@ -44,7 +48,7 @@ class Step:
 
 def _masked(field_name: str, value: Any) -> str:
     if isinstance(value, SecretStr):
-        if field_name in ("database_url", "database_migrate_url"):
+        if field_name in ("database_url", "database_migrate_url", "database_read_url"):
             try:
                 return make_url(value.get_secret_value()).render_as_string(hide_password=True)
             except Exception:
@@ -243,6 +247,7 @@ async def _engine_steps(resolved: ResolvedSettings, migrations: Migrations) -> l
         )
         if engine.dialect.name == "postgresql":
             steps.append(await _timed("limits", lambda: _limits(engine, settings), _limits_hint))
+            steps.append(await _timed("budget", lambda: check_budget(settings, conn, aws=resolved.aws), budget_hint))
 
         async def schema() -> str:
             from alembic.migration import MigrationContext
@@ -295,6 +300,45 @@ def _limits_hint(exc: BaseException) -> str:
     return pooler_hint(exc) or "the database accepted the login but not a transaction"
 
 
+async def _replica_step(resolved: ResolvedSettings) -> Step:
+    """``DATABASE_READ_URL``: a login to the read replica, and its state as the service's samples would see it."""
+    settings = resolved.settings
+    async with AsyncExitStack() as stack:
+        try:
+            engine = await stack.enter_async_context(
+                open_engine(settings, aws=resolved.aws, secret=resolved.secret, url=settings.database_read_url)
+            )
+        except Exception as exc:
+            return Step(
+                "replica", False, _describe(exc), hint="the replica's login (secret or IAM token) could not be prepared"
+            )
+
+        async def sample() -> str:
+            async with asyncio.timeout(settings.db_connect_timeout + 1), engine.connect() as conn:
+                in_recovery, lag = (await conn.execute(text(LAG_QUERY))).one()
+            state, reason = classify(in_recovery=in_recovery, lag=lag, max_lag=settings.db_read_max_lag)
+            where = f"{engine.url.host or 'localhost'}:{engine.url.port or 5432}"
+            if not in_recovery:
+                return f"{where} is not in recovery (promoted?): it serves reads, writes go to DATABASE_URL"
+            if state == LAGGING:
+                return f"{where} {state}: {reason}; reads go to DATABASE_URL until it catches up"
+            return f"{where} {state}: a standby {lag:.1f} s behind (DB_READ_MAX_LAG {settings.db_read_max_lag:g} s)"
+
+        return await _timed("replica", sample, _replica_hint)
+
+
+def _replica_hint(exc: BaseException) -> str:
+    pooler = pooler_hint(exc)
+    if pooler is not None:
+        return pooler
+    if isinstance(exc, OSError | TimeoutError) or "connect" in _describe(exc).lower():
+        return (
+            "the read replica does not answer: check DATABASE_READ_URL's host and port, and that its security group "
+            "allows this instance; meanwhile the service reads from DATABASE_URL"
+        )
+    return _login_hint(exc).replace("DATABASE_URL", "DATABASE_READ_URL")
+
+
 def _remote_step(resolved: ResolvedSettings, settings_ms: float) -> Step | None:
     remote = sorted({source.split(":", 1)[0] for source in resolved.sources.values() if ":" in source})
     if not (resolved.settings.ssm_path or resolved.settings.secret_id):
@@ -322,6 +366,8 @@ async def run_check(migrations: Migrations, *, as_json: bool = False, out: TextI
             steps.append(Step("url", False, str(exc), hint="fix DATABASE_URL"))
         else:
             steps.extend(await _database_steps(resolved, target, migrations))
+            if resolved.settings.database_read_url is not None:
+                steps.append(await _replica_step(resolved))
     return _report(settings_rows(resolved), steps, settings_ms, as_json=as_json, out=out)
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from productos.domain.errors import ConfigurationError, DatabaseUnavailableError
+from productos.domain.errors import ConcurrentUpdateError, ConfigurationError, DatabaseUnavailableError
 from productos.version import __version__
 
 #: Exit codes, as documented in the README and in ``productos --help``.
@@ -54,26 +54,36 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from productos.infra.db.migrate import upgrade_to_head
+    from productos.infra.db.roles import ROW_PRIVILEGES, RowRole, RowRoleReport
     from productos.runtime.bootstrap import open_migration_engine
     from productos.runtime.settings_loader import open_settings
 
-    async def run() -> None:
+    async def run() -> RowRoleReport | None:
         # DATABASE_MIGRATE_URL (the schema owner, straight to PostgreSQL) when set, else DATABASE_URL; either
-        # logs in as the service does: the secret's rotating credentials or RDS IAM tokens when configured.
+        # logs in as the service does: the secret's rotating credentials or RDS IAM tokens when configured
+        # (PRODUCTOS_MIGRATE_SECRET_ID's login for DATABASE_MIGRATE_URL).
         async with (
             open_settings() as resolved,
-            open_migration_engine(resolved.settings, aws=resolved.aws, secret=resolved.secret) as engine,
+            open_migration_engine(
+                resolved.settings, aws=resolved.aws, secret=resolved.secret, migrate_secret=resolved.migrate_secret
+            ) as engine,
         ):
-            await upgrade_to_head(engine, script_location=args.script_location, version_table=args.version_table)
+            return await upgrade_to_head(
+                engine,
+                script_location=args.script_location,
+                version_table=args.version_table,
+                row_role=RowRole.from_settings(resolved.settings),
+                wait=args.wait,
+            )
 
     from productos.infra.db.uow import translate_db_errors
 
-    async def guarded() -> None:
+    async def guarded() -> RowRoleReport | None:
         async with translate_db_errors():
-            await run()
+            return await run()
 
     try:
-        asyncio.run(guarded())
+        report = asyncio.run(guarded())
     except DatabaseUnavailableError as exc:
         from productos.entrypoints.check import pooler_hint
 
@@ -81,7 +91,19 @@ def _migrate(args: argparse.Namespace) -> int:
         hint = pooler_hint(exc) or "`productos check` shows the DNS, TCP and login steps"
         print(f"cannot reach the database{cause}; hint: {hint}", file=sys.stderr)
         return EXIT_FAILED
+    except ConcurrentUpdateError as exc:
+        print(f"migration not applied: {exc}; nothing was changed, run it again", file=sys.stderr)
+        return EXIT_FAILED
     print("database upgraded to head")
+    if report is not None:
+        done = [
+            part for part, happened in (("created", report.created), ("password set", report.password_set)) if happened
+        ]
+        status = f" ({', '.join(done)})" if done else ""
+        print(f"the service's login {report.name!r}{status}: {ROW_PRIVILEGES} on {len(report.tables)} table(s)")
+        for warning in report.warnings:
+            # What lets that login do more than rows: the migration succeeded, but least privilege did not.
+            print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -102,6 +124,16 @@ def _migrations_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version-table", default="alembic_version", help="that service's Alembic version table")
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError("give 0 to 3600 seconds")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="productos",
@@ -120,8 +152,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--app", default=DEFAULT_APP, help=f"ASGI app to serve (default {DEFAULT_APP})")
     serve.set_defaults(handler=_serve)
 
-    migrate = commands.add_parser("migrate", help="upgrade the database to the newest migration")
+    migrate = commands.add_parser(
+        "migrate",
+        help="upgrade the database to the newest migration, as the schema owner",
+        description=(
+            "Upgrade the database to the newest migration, as the schema owner (DATABASE_MIGRATE_URL, else "
+            "DATABASE_URL). When DATABASE_URL logs in as another user, make that user a role that may only read "
+            "and write rows (DB_APP_ROLE=auto)."
+        ),
+    )
     _migrations_arguments(migrate)
+    migrate.add_argument(
+        "--wait",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help=(
+            "wait up to SECONDS for the database to accept connections (a database still coming up), trying "
+            "again with a growing pause; a refused login fails at once (default 0: try once)"
+        ),
+    )
     migrate.set_defaults(handler=_migrate)
 
     check = commands.add_parser("check", help="diagnose configuration and database reachability")

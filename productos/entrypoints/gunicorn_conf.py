@@ -16,6 +16,7 @@ from typing import Any
 
 from productos.entrypoints.worker import serving_settings, watch_instance_shutdown
 from productos.observability.logging import logging_config
+from productos.settings import parse_proxies
 
 __all__ = [
     "accesslog",
@@ -71,9 +72,11 @@ preload_app = False
 # services on one host (or a test run beside a live service) would fight over it.
 control_socket_disable = True
 
-# The client's address in the access log: uvicorn rewrites the peer from X-Forwarded-For only for these
-# proxies, the same ones productos trusts (PRODUCTOS_TRUSTED_PROXIES; none by default).
-forwarded_allow_ips = _settings.trusted_proxies or ""
+# The client's address and scheme (client.address, url.scheme in the access line, spans and metrics): uvicorn's
+# proxy-headers handling takes them from X-Forwarded-For and X-Forwarded-Proto only when the peer is one of
+# these proxies (PRODUCTOS_TRUSTED_PROXIES: addresses, CIDR networks or "*"; none by default). create_service
+# applies the same list in the app (productos.http.middleware.TrustedProxyHeadersMiddleware) for other servers.
+forwarded_allow_ips = "*" if "*" in parse_proxies(_settings.trusted_proxies) else _settings.trusted_proxies
 
 
 # Prometheus multiprocess mode: every worker writes its metrics to files in one directory, and /metrics on

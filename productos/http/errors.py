@@ -15,7 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry.trace import get_current_span
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from productos.domain.errors import (
@@ -26,11 +28,78 @@ from productos.domain.errors import (
     NotFoundError,
     StaleVersionError,
 )
+from productos.observability.middleware import ERROR_TYPE_KEY
+
+__all__ = [
+    "ERROR_STATUSES",
+    "SERVICE_ERROR_STATUSES",
+    "ErrorBody",
+    "UnhandledErrorMiddleware",
+    "error_responses",
+    "install_error_handlers",
+    "validation_detail",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a client (or the ALB) should wait before retrying a 503.
 RETRY_AFTER_SECONDS = 1
+
+
+class ErrorBody(BaseModel):
+    """The body of every error a productos service answers, 422 aside (FastAPI's list of ``{loc, msg, type}``)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "Producto 7 no encontrado"}]})
+
+    detail: str = Field(description="What went wrong, for a person; never hosts, URLs or credentials.")
+
+
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}
+}
+
+#: Each error status a productos service can answer with :class:`ErrorBody`, and when.
+ERROR_STATUSES: dict[int, str] = {
+    400: "Malformed request: an invalid Content-Length (a request the HTTP parser cannot read at all gets the "
+    "server's plain-text 400)",
+    404: "Not found",
+    408: "The request head did not arrive within PRODUCTOS_HEADER_TIMEOUT; the connection closes",
+    409: "Conflict: the change conflicts with stored data or with the resource's state, or a lock held by another "
+    "transaction (a row being changed, a migration) outlasted DB_LOCK_TIMEOUT (then with Retry-After)",
+    412: "If-Match does not match the current version: nothing was written",
+    413: "Request body larger than PRODUCTOS_MAX_BODY_SIZE",
+    431: "Request head larger than PRODUCTOS_MAX_HEADER_SIZE, or more header fields than PRODUCTOS_MAX_HEADER_COUNT; "
+    "the connection closes",
+    500: 'Unexpected error: {"detail": "internal server error"}, with the request\'s X-Request-ID',
+    503: 'Database unavailable, or more requests in flight than PRODUCTOS_MAX_CONCURRENT_REQUESTS ("server busy"): '
+    "retry after Retry-After",
+}
+
+#: What ``create_service`` declares on every operation: the edge answers these whatever the route.
+SERVICE_ERROR_STATUSES = (400, 408, 413, 431, 500, 503)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of error responses with :class:`ErrorBody`, for a route's ``responses=``.
+
+    ``create_service`` declares :data:`SERVICE_ERROR_STATUSES` on every operation; a route adds what its own
+    logic answers, such as ``responses=error_responses(404, 409)``.
+
+    Args:
+        statuses: keys of :data:`ERROR_STATUSES`.
+
+    Raises:
+        ValueError: a status is not one of :data:`ERROR_STATUSES`.
+    """
+    unknown = sorted(set(statuses) - ERROR_STATUSES.keys())
+    if unknown:
+        raise ValueError(f"no error response is defined for {unknown}: choose among {sorted(ERROR_STATUSES)}")
+    declared: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        declared[status] = {"model": ErrorBody, "description": ERROR_STATUSES[status]}
+        if status in (409, 503):
+            declared[status]["headers"] = _RETRY_AFTER
+    return declared
 
 
 def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -86,9 +155,32 @@ async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     return _json(503, "database unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-async def _http_exception(_: Request, exc: Exception) -> JSONResponse:
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return _json(exc.status_code, exc.detail, dict(exc.headers) if exc.headers else None)
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return _json(exc.status_code, exc.detail, headers)
+
+
+#: The methods a 405's ``Allow`` header may name.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method a route serves at the request's path, for the ``Allow`` header a 405 must carry.
+
+    Starlette's 405 names only the methods of the first route that matched the path, while a FastAPI service
+    registers one route per method: ``OPTIONS /productos`` answered ``Allow: GET``, without POST. Each method is
+    asked of the app's router as a request would (rare, and only on a 405).
+    """
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 _INTERNAL_ERROR = b'{"detail":"internal server error"}'
@@ -136,6 +228,7 @@ class UnhandledErrorMiddleware:
         try:
             await self.app(scope, receive, send_noting_start)
         except Exception as exc:
+            scope[ERROR_TYPE_KEY] = type(exc).__qualname__  # the request's error.type (metric, span, access line)
             _log_unhandled(exc)
             if started:
                 return

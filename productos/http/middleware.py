@@ -2,10 +2,65 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from productos.http.json import dump_json
+from productos.settings import parse_proxies
+
+
+class TrustedProxyHeadersMiddleware:
+    """The client's address and scheme behind load balancers: uvicorn's proxy-headers handling, with the
+    proxies of ``PRODUCTOS_TRUSTED_PROXIES``.
+
+    For a request whose peer is a trusted proxy, uvicorn's ``ProxyHeadersMiddleware`` sets the scope's
+    ``client`` from ``X-Forwarded-For`` (read right to left: the first address that is not a trusted proxy; the
+    entries further left are whatever the client sent) and its ``scheme`` from ``X-Forwarded-Proto``; from any
+    other peer both headers are ignored. The request's ``client.address`` and ``url.scheme`` (access line, span,
+    metric) are then the scope's.
+
+    gunicorn's uvicorn workers already do this in the server with the same proxies (``forwarded_allow_ips`` in
+    ``productos.gunicorn_conf``); ``create_service`` installs this too, so that the app applies the setting under
+    any server (``uvicorn``, tests through ``httpx.ASGITransport``). Applied twice it gives the same result: the
+    address the server found is not a trusted proxy, or is the leftmost one, which stays.
+
+    Args:
+        app: the application.
+        trusted_proxies: addresses and CIDR networks (``10.0.0.0/16,127.0.0.1``), or ``*`` (every peer and every
+            hop, so the leftmost address of ``X-Forwarded-For`` is taken, whatever the client sent: only when
+            nothing but the load balancer can reach the instance); empty trusts none. The lifespan state's
+            value, under ``STATE_KEY``, wins: settings are only known once the app starts.
+    """
+
+    #: Key of the trusted proxies (``Settings.trusted_proxies``) in the lifespan state.
+    STATE_KEY = "trusted_proxies"
+
+    def __init__(self, app: ASGIApp, trusted_proxies: str = "") -> None:
+        self.app = app
+        self.trusted_proxies = trusted_proxies
+        self._handlers: dict[str, ASGIApp] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.get("state")
+        spec: str = state.get(self.STATE_KEY, self.trusted_proxies) if state else self.trusted_proxies
+        if not spec or scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        handler = self._handlers.get(spec)
+        if handler is None:
+            handler = self._handlers[spec] = _proxy_headers(self.app, spec)
+        await handler(scope, receive, send)
+
+
+def _proxy_headers(app: ASGIApp, spec: str) -> ASGIApp:
+    entries = parse_proxies(spec)
+    # uvicorn trusts every peer for exactly "*"; within a list it would take "*" for a host's name.
+    hosts: str | list[str] = "*" if "*" in entries else list(entries)
+    # uvicorn types its ASGI callables more narrowly than Starlette; they are the same protocol.
+    return cast(ASGIApp, ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=hosts))
 
 
 class BodySizeLimitMiddleware:

@@ -3,7 +3,6 @@
 from productos.observability.logging import JsonFormatter, configure_logging, logging_config, request_id_var
 from productos.observability.metrics import Metrics
 from productos.observability.middleware import RequestContextMiddleware
-from productos.observability.proxies import TrustedProxies
 from productos.observability.telemetry import Telemetry, build_telemetry, open_telemetry
 from productos.observability.tracing import Tracing
 
@@ -13,7 +12,6 @@ __all__ = [
     "RequestContextMiddleware",
     "Telemetry",
     "Tracing",
-    "TrustedProxies",
     "build_telemetry",
     "configure_logging",
     "logging_config",

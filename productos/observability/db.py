@@ -1,11 +1,14 @@
 """Database instrumentation from SQLAlchemy's own events: query durations and spans, and the pool's state.
 
-- ``db.client.operation.duration``, by operation (``SELECT``, ``INSERT``...): timed around the cursor's
-  execute by the engine's dialect events (``do_execute``, ``do_execute_no_params``, ``do_executemany``: the
-  handler runs the execute itself, as those events allow). The same measurement makes the query's span, a
-  child of the request's. Not ``before_cursor_execute``/``after_cursor_execute``: a connection-level
-  listener on an engine makes SQLAlchemy join event dispatchers for every connection it hands out, which cost
-  about 40 µs per request here (a request is about 1 ms); the dialect's events cost about 5 µs.
+- ``db.client.operation.duration``, by system, operation (``SELECT``, ``INSERT``...) and database
+  (``db.system.name``, ``db.operation.name``, ``db.namespace``): timed around the cursor's execute by the
+  engine's dialect events (``do_execute``, ``do_execute_no_params``, ``do_executemany``: the handler runs the
+  execute itself, as those events allow). The same measurement makes the query's span, a child of the
+  request's, with the same attributes, ``db.system`` (the name before semantic conventions 1.30) and
+  ``db.query.text`` (the statement with its placeholders, never the values). Not ``before_cursor_execute``/
+  ``after_cursor_execute``: a connection-level listener on an engine makes SQLAlchemy join event dispatchers
+  for every connection it hands out, which cost about 40 µs per request here (a request is about 1 ms); the
+  dialect's events cost about 5 µs.
 - ``db.client.connection.count`` by state: every pool event (``connect``, ``checkout``, ``checkin``,
   ``close``, ``invalidate``, ``detach``) moves its connection between *idle*, *used* and *gone*. Each
   connection remembers its state, so an event that repeats a state (``invalidate`` then ``close``) or one
@@ -115,7 +118,7 @@ class _StatementTimer:
         the driver connection (``productos.infra.db.driver``), which no SQLAlchemy event sees."""
         operation = operation_name(statement, self.operations)
         if self.metrics is not None:
-            self.metrics.operation(self.system, operation, elapsed_ns / 1e9)
+            self.metrics.operation(self.system, operation, elapsed_ns / 1e9, self.namespace)
         if self.tracer is None:
             return
         if not get_current_span().is_recording():
@@ -123,6 +126,8 @@ class _StatementTimer:
         end = time.time_ns()
         attributes = {
             "db.system.name": self.system,
+            # The name before semantic conventions 1.30, which X-Ray and many backends still read.
+            "db.system": self.system,
             "db.operation.name": operation,
             "db.query.text": statement,
         }

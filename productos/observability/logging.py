@@ -170,6 +170,17 @@ def logging_config(level: str = "info", log_format: LogFormat = "auto") -> dict[
 
 
 def configure_logging(level: str = "info", log_format: LogFormat = "auto") -> None:
-    """Route every log line to stdout in ``log_format``, at ``level``."""
+    """Route every log line to stdout in ``log_format``, at ``level``.
+
+    Records then skip what these formats never write, as the logging HOWTO's "Optimization" section says to:
+    the caller's file, line and function (a walk up the stack per record), the thread's name, the
+    multiprocessing process' name and the asyncio task's name. A handler of your own that formats
+    ``%(lineno)d`` or ``%(threadName)s`` gets placeholders.
+    """
     logging.config.dictConfig(logging_config(level, log_format))
+    logging._srcfile = None  # documented: "Set logging._srcfile to None"
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    if sys.version_info >= (3, 12):
+        logging.logAsyncioTasks = False
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]

@@ -3,7 +3,10 @@
 Every measurement is taken once and recorded to both backends: a Prometheus instrument, always, and the
 OpenTelemetry instrument of the same name when an OpenTelemetry exporter is configured. Names and units
 follow the OpenTelemetry semantic conventions (``http.server.request.duration`` in seconds is
-``http_server_request_duration_seconds`` in Prometheus).
+``http_server_request_duration_seconds`` in Prometheus), and so do their attributes: ``http.request.method``,
+``http.route``, ``http.response.status_code``, ``url.scheme``, ``error.type`` (failed requests only),
+``db.system.name``, ``db.operation.name``, ``db.namespace``; Prometheus spells them with underscores
+(``http_request_method``) and shows an absent one as an empty label.
 
 Under gunicorn, prometheus-client runs in multiprocess mode: each worker writes its values to files in
 ``PROMETHEUS_MULTIPROC_DIR`` (created fresh by ``productos.gunicorn_conf``), and ``/metrics`` on any worker
@@ -199,7 +202,7 @@ class Metrics:
         self._http_duration = Histogram(
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests.",
-            ["http_request_method", "http_route", "http_response_status_code"],
+            ["http_request_method", "http_route", "http_response_status_code", "url_scheme", "error_type"],
             buckets=HTTP_DURATION_BUCKETS,
             registry=registry,
         )
@@ -212,7 +215,7 @@ class Metrics:
         self._db_duration = Histogram(
             "db_client_operation_duration_seconds",
             "Duration of database client operations.",
-            ["db_system_name", "db_operation_name"],
+            ["db_system_name", "db_operation_name", "db_namespace"],
             buckets=DB_DURATION_BUCKETS,
             registry=registry,
         )
@@ -253,8 +256,8 @@ class Metrics:
         )
         self._otel = _otel_instruments(meter) if meter is not None else None
         # Labelled children and attribute sets, looked up once per label set rather than once per request.
-        self._http_children: dict[tuple[str, str, int], tuple[Any, Mapping[str, Any]]] = {}
-        self._db_children: dict[tuple[str, str], tuple[Any, Mapping[str, Any]]] = {}
+        self._http_children: dict[tuple[str, str, int, str, str | None], tuple[Any, Mapping[str, Any]]] = {}
+        self._db_children: dict[tuple[str, str, str | None], tuple[Any, Mapping[str, Any]]] = {}
 
     # HTTP --------------------------------------------------------------------------------------------------
 
@@ -263,13 +266,38 @@ class Metrics:
         if self._otel is not None:
             self._otel["http.server.active_requests"].add(1)
 
-    def request_finished(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Record one request (``method`` already normalised: see ``KNOWN_METHODS``)."""
-        key = (method, route, status)
+    def request_finished(
+        self,
+        method: str,
+        route: str,
+        status: int,
+        seconds: float,
+        scheme: str = "http",
+        error_type: str | None = None,
+    ) -> None:
+        """Record one request.
+
+        Args:
+            method: ``http.request.method``, already normalised (see ``KNOWN_METHODS``).
+            route: ``http.route``, the route template.
+            status: ``http.response.status_code``.
+            seconds: the request's duration.
+            scheme: ``url.scheme`` (``http`` or ``https``, as the client or the trusted proxy saw it).
+            error_type: ``error.type``, only for a failed request: the exception's class name, or the status
+                code of a 5xx (OpenTelemetry's rule); Prometheus shows none as an empty label.
+        """
+        key = (method, route, status, scheme, error_type)
         entry = self._http_children.get(key)
         if entry is None:
-            child = self._http_duration.labels(method, route, str(status))
-            attrs = {"http.request.method": method, "http.route": route, "http.response.status_code": status}
+            child = self._http_duration.labels(method, route, str(status), scheme, error_type or "")
+            attrs: dict[str, Any] = {
+                "http.request.method": method,
+                "http.route": route,
+                "http.response.status_code": status,
+                "url.scheme": scheme,
+            }
+            if error_type is not None:
+                attrs["error.type"] = error_type
             entry = self._http_children[key] = (child, attrs)
         self._observe(entry[0], _HTTP_BOUNDS, seconds)
         self._add(self._http_active, -1)
@@ -279,13 +307,22 @@ class Metrics:
 
     # Database ----------------------------------------------------------------------------------------------
 
-    def operation(self, system: str, operation: str, seconds: float) -> None:
-        """Record one database operation (a statement executed on a cursor)."""
-        key = (system, operation)
+    def operation(self, system: str, operation: str, seconds: float, namespace: str | None = None) -> None:
+        """Record one database operation (a statement executed on a cursor).
+
+        Args:
+            system: ``db.system.name`` (``postgresql``, ``sqlite``).
+            operation: ``db.operation.name`` (``SELECT``...).
+            seconds: the statement's duration.
+            namespace: ``db.namespace``, the database's name; Prometheus shows none as an empty label.
+        """
+        key = (system, operation, namespace)
         entry = self._db_children.get(key)
         if entry is None:
-            child = self._db_duration.labels(system, operation)
-            attrs = {"db.system.name": system, "db.operation.name": operation}
+            child = self._db_duration.labels(system, operation, namespace or "")
+            attrs: dict[str, Any] = {"db.system.name": system, "db.operation.name": operation}
+            if namespace:
+                attrs["db.namespace"] = namespace
             entry = self._db_children[key] = (child, attrs)
         self._observe(entry[0], _DB_BOUNDS, seconds)
         if self._otel is not None:

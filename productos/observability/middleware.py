@@ -4,6 +4,14 @@ Each request is timed once. That one measurement is the duration in the access l
 ``http.server.request.duration`` observation (Prometheus and OpenTelemetry) and the span's end. The
 measurement ends when the response's last body message has been handed to the server; the metric and the log
 line are written right after, so the client never waits for them.
+
+The span, the metric and the access line name the request's fields alike, with OpenTelemetry's semantic
+conventions: ``http.request.method``, ``http.route``, ``url.path``, ``url.scheme``,
+``http.response.status_code``, ``client.address`` and, for a failed request only, ``error.type``: the class
+name of the exception that escaped the route (see ``ERROR_TYPE_KEY``), else the status code of a 5xx
+(``"503"``). The access line adds ``duration_ms``, the same measurement in milliseconds. The client's address
+and the scheme are the ASGI scope's: behind trusted proxies, uvicorn's proxy-headers handling has already put
+the ones of ``X-Forwarded-For`` and ``X-Forwarded-Proto`` there (``PRODUCTOS_TRUSTED_PROXIES``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,10 @@ from productos.observability.tracing import TRACE_HEADERS
 
 # The access log is a channel of its own, named in the docs and filtered on by operators, not a module logger.
 access_logger = logging.getLogger("productos.access")
+
+#: Scope key under which the error handling inside this middleware leaves the class name of an exception it
+#: answered with a 500 (``productos.http.errors.UnhandledErrorMiddleware``): the request's ``error.type``.
+ERROR_TYPE_KEY = "productos.error_type"
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:;=/+-]{1,200}$")
 _NO_TELEMETRY = Telemetry()
@@ -55,7 +67,7 @@ class RequestContextMiddleware:
     """Sets the request id (returned as ``X-Request-ID``), opens the request's span, times the request,
     records its metrics and logs one access line.
 
-    The telemetry (metrics, tracing, trusted proxies) comes from the lifespan state, under
+    The telemetry (metrics, tracing, the access log's switch) comes from the lifespan state, under
     ``Telemetry.STATE_KEY``: settings are only known once the app starts. Without it, the middleware still
     sets the request id and logs.
     """
@@ -72,14 +84,11 @@ class RequestContextMiddleware:
         metrics = telemetry.metrics
         tracing = telemetry.tracing
 
-        x_request_id = amzn_trace_id = forwarded_for = None
+        x_request_id = amzn_trace_id = None
         carrier: dict[str, str] | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 x_request_id = value.decode("latin-1")
-            elif name == b"x-forwarded-for":
-                text = value.decode("latin-1")
-                forwarded_for = f"{forwarded_for},{text}" if forwarded_for else text
             elif name in _TRACE_HEADERS:
                 if name == b"x-amzn-trace-id":
                     amzn_trace_id = value.decode("latin-1")
@@ -105,39 +114,50 @@ class RequestContextMiddleware:
             metrics.request_started()
         status = 500
         done = False
+        raised: str | None = None
 
         def finish() -> None:
             nonlocal done
             done = True
             elapsed_ns = time.perf_counter_ns() - start
             route = route_template(scope)
+            scheme = scope.get("scheme", "http")
+            error_type = scope.get(ERROR_TYPE_KEY) or raised or (str(status) if status >= 500 else None)
             if metrics is not None:
-                metrics.request_finished(method, route, status, elapsed_ns / 1e9)
+                metrics.request_finished(method, route, status, elapsed_ns / 1e9, scheme, error_type)
+            client = scope.get("client")
+            address = client[0] if client else None
             if span is not None and span.is_recording():
                 span.update_name(f"{method} {route}")
                 span.set_attributes(
-                    {"http.route": route, "http.response.status_code": status, "url.path": scope["path"]}
+                    {
+                        "http.route": route,
+                        "http.response.status_code": status,
+                        "url.path": scope["path"],
+                        "url.scheme": scheme,
+                    }
                 )
+                if address is not None:
+                    span.set_attribute("client.address", address)
+                if error_type is not None:
+                    span.set_attribute("error.type", error_type)
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
                 # The span keeps its wall-clock start; its length is the one measurement above.
                 span.end(end_time=span.start_time + elapsed_ns)
             if telemetry.access_log and access_logger.isEnabledFor(logging.INFO):
-                client = scope.get("client")
-                access_logger.info(
-                    "%s %s %d",
-                    method,
-                    route,
-                    status,
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round(elapsed_ns / 1e6, 3),
-                        "client_ip": telemetry.trusted_proxies.client_ip(client[0] if client else None, forwarded_for),
-                    },
-                )
+                fields = {
+                    "http.request.method": method,
+                    "http.route": route,
+                    "url.path": scope["path"],
+                    "url.scheme": scheme,
+                    "http.response.status_code": status,
+                    "client.address": address,
+                    "duration_ms": round(elapsed_ns / 1e6, 3),
+                }
+                if error_type is not None:
+                    fields["error.type"] = error_type
+                access_logger.info("%s %s %d", method, route, status, extra=fields)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -152,6 +172,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException as exc:
+            # Nothing inside answered it (an app without UnhandledErrorMiddleware, a cancelled request).
+            raised = type(exc).__qualname__
+            raise
         finally:
             if not done:
                 finish()

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from productos.domain.errors import ConfigurationError
 from productos.domain.ports import HealthProbe
 from productos.domain.settings_ports import DatabaseCredentialsProvider, SettingsSource
 from productos.infra.aws.clients import AwsClients
@@ -24,13 +25,16 @@ from productos.infra.aws.rds_iam import RdsIamTokenProvider
 from productos.infra.aws.secretsmanager import SecretDatabaseCredentials, SecretsManagerSource, supplies_login
 from productos.infra.db.engine import create_engine
 from productos.infra.db.migrate import Migrations, upgrade_to_head
+from productos.infra.db.replica import ReadReplica
+from productos.infra.db.replica_lag import watch_replica
+from productos.infra.db.roles import RowRole
 from productos.infra.db.uow import SqlAlchemyHealthProbe
 from productos.infra.db.url import parse_database_url
 from productos.observability.publishing import open_metrics_publishing
 from productos.runtime.settings_loader import ResolvedSettings, open_settings
 from productos.settings import Settings
 
-__all__ = ["Runtime", "open_engine", "open_migration_engine", "open_runtime"]
+__all__ = ["Runtime", "open_engine", "open_migration_engine", "open_replica", "open_runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,9 @@ class Runtime:
     aws: AwsClients | None = None
     #: Where each setting came from (``env``, ``ssm:/...``), when the runtime resolved them.
     sources: Mapping[str, str] = field(default_factory=dict)
+    #: ``DATABASE_READ_URL``'s engine and state, sampled in the background; ``None`` when it is not set. Give it
+    #: to a unit-of-work factory (``factory(engine, replica=runtime.replica)``) for its read-only units.
+    replica: ReadReplica | None = None
 
 
 @asynccontextmanager
@@ -56,7 +63,8 @@ async def open_runtime(
     env_file: str | Path | None = ".env",
     migrations: Sequence[Migrations] = (),
 ) -> AsyncIterator[Runtime]:
-    """Create the AWS clients, the engine and the metrics publisher; close them all on exit.
+    """Create the AWS clients, the engine, the read replica's (``DATABASE_READ_URL``) and the metrics publisher;
+    close them all on exit.
 
     Args:
         settings: the service's settings, or settings already resolved by ``open_settings`` (whose AWS clients
@@ -79,12 +87,26 @@ async def open_runtime(
             aws = await stack.enter_async_context(AwsClients.from_settings(resolved.settings))
         engine = await stack.enter_async_context(open_engine(resolved.settings, aws=aws, secret=resolved.secret))
         if resolved.settings.should_migrate_on_start and migrations:
-            owner_engine = open_migration_engine(resolved.settings, aws=aws, secret=resolved.secret, engine=engine)
+            owner_engine = open_migration_engine(
+                resolved.settings,
+                aws=aws,
+                secret=resolved.secret,
+                migrate_secret=resolved.migrate_secret,
+                engine=engine,
+            )
+            # DATABASE_MIGRATE_URL's owner makes DATABASE_URL's user a row-only role (DB_APP_ROLE).
+            row_role = RowRole.from_settings(resolved.settings)
             async with owner_engine as owner:
                 for migration in migrations:
                     await upgrade_to_head(
-                        owner, script_location=migration.script_location, version_table=migration.version_table
+                        owner,
+                        script_location=migration.script_location,
+                        version_table=migration.version_table,
+                        row_role=row_role,
                     )
+        replica = None
+        if resolved.settings.database_read_url is not None:
+            replica = await stack.enter_async_context(open_replica(resolved.settings, aws=aws, secret=resolved.secret))
         # PRODUCTOS_METRICS_PUBLISHER: one worker per instance publishes; its final flush precedes disposal.
         await stack.enter_async_context(open_metrics_publishing(resolved.settings, aws=aws))
         yield Runtime(
@@ -93,6 +115,7 @@ async def open_runtime(
             health=SqlAlchemyHealthProbe(engine),
             aws=aws,
             sources=resolved.sources,
+            replica=replica,
         )
 
 
@@ -131,21 +154,71 @@ async def open_engine(
 
 
 @asynccontextmanager
+async def open_replica(
+    settings: Settings,
+    *,
+    aws: AwsClients | None = None,
+    secret: SecretsManagerSource | None = None,
+) -> AsyncIterator[ReadReplica]:
+    """``DATABASE_READ_URL``'s engine, with its state sampled now and then every second in the background (see
+    ``productos.infra.db.replica``); both stop on exit. It logs in as ``open_engine`` does (an IAM token for its
+    host, the secret's login when the URL has it), with its own pool and the same pool settings, limits and
+    ``DB_POOLER``.
+
+    Raises:
+        ConfigurationError: ``DATABASE_READ_URL`` is unset or not PostgreSQL, or ``DATABASE_URL`` is not.
+    """
+    if settings.database_read_url is None:
+        raise ConfigurationError("DATABASE_READ_URL is not set")
+    target = parse_database_url(settings.database_read_url.get_secret_value(), setting="DATABASE_READ_URL")
+    if target.dialect != "postgresql" or settings.is_sqlite:
+        raise ConfigurationError(
+            "DATABASE_READ_URL is a PostgreSQL read replica of a PostgreSQL DATABASE_URL: unset it, or set both"
+        )
+    async with open_engine(settings, aws=aws, secret=secret, url=settings.database_read_url) as engine:
+        replica = ReadReplica(engine, max_lag=settings.db_read_max_lag)
+        async with watch_replica(replica):
+            yield replica
+
+
+@asynccontextmanager
 async def open_migration_engine(
     settings: Settings,
     *,
     aws: AwsClients | None = None,
     secret: SecretsManagerSource | None = None,
+    migrate_secret: SecretsManagerSource | None = None,
     engine: AsyncEngine | None = None,
 ) -> AsyncIterator[AsyncEngine]:
     """The engine migrations run on: ``DATABASE_MIGRATE_URL``'s (the schema owner, straight to PostgreSQL)
-    when it is set, disposed on exit; else ``engine``, the service's own, when given; else ``DATABASE_URL``'s."""
+    when it is set, disposed on exit; else ``engine``, the service's own, when given; else ``DATABASE_URL``'s.
+
+    With ``PRODUCTOS_MIGRATE_SECRET_ID``, ``DATABASE_MIGRATE_URL`` logs in with that secret's login and follows its
+    rotation (``migrate_secret``: the one read while loading the settings), and ``DB_IAM_AUTH``, which describes
+    the service's login, does not apply to it; otherwise it logs in as ``open_engine`` says (``secret``:
+    ``PRODUCTOS_SECRET_ID``'s).
+    """
     if settings.database_migrate_url is None and engine is not None:
         yield engine
         return
     # The schema owner's login goes straight to PostgreSQL: DB_POOLER describes the service's URLs, not this one.
     direct = settings.model_copy(update={"db_pooler": "none"})
-    async with open_engine(direct, aws=aws, secret=secret, url=settings.database_migrate_url) as owner:
+    async with AsyncExitStack() as stack:
+        if settings.migrate_secret_id and settings.database_migrate_url is not None:
+            if aws is None:
+                aws = await stack.enter_async_context(AwsClients.from_settings(settings))
+            if migrate_secret is None:
+                migrate_secret = SecretsManagerSource(
+                    await aws.client("secretsmanager"),
+                    settings.migrate_secret_id,
+                    ttl=settings.secret_ttl,
+                    url_setting="DATABASE_MIGRATE_URL",
+                )
+            direct = direct.model_copy(update={"secret_id": settings.migrate_secret_id, "db_iam_auth": False})
+            secret = migrate_secret
+        owner = await stack.enter_async_context(
+            open_engine(direct, aws=aws, secret=secret, url=settings.database_migrate_url)
+        )
         yield owner
 
 
@@ -170,7 +243,7 @@ async def _credentials(
         return None
     if secret is None:
         secret = SecretsManagerSource(await aws.client("secretsmanager"), settings.secret_id, ttl=settings.secret_ttl)
-    if not supplies_login(await secret.current(), user=url.username, password=url.password):
+    if not supplies_login(await secret.current(), user=url.username, password=url.password, url_key=secret.url_setting):
         logger.info(
             "the database URL's login is not the secret's: new connections use the URL as it is",
             extra={"secret_id": settings.secret_id},

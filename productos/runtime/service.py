@@ -9,13 +9,22 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from productos.http.errors import UnhandledErrorMiddleware, install_error_handlers
+from productos.http.docs import DOCS_STATE_KEY, DOCS_URL, docs_enabled, install_docs
+from productos.http.errors import (
+    SERVICE_ERROR_STATUSES,
+    UnhandledErrorMiddleware,
+    error_responses,
+    install_error_handlers,
+)
 from productos.http.limits import ConcurrencyLimitMiddleware
 from productos.http.metrics import router as metrics_router
-from productos.http.middleware import BodySizeLimitMiddleware
+from productos.http.middleware import BodySizeLimitMiddleware, TrustedProxyHeadersMiddleware
+from productos.http.read_your_writes import ReadYourWritesMiddleware
+from productos.http.routing import include_routes, operation_id
 from productos.infra.db.migrate import Migrations
 from productos.observability.logging import configure_logging
 from productos.observability.middleware import RequestContextMiddleware
@@ -39,6 +48,15 @@ _FASTAPI_TELEMETRY_OFF: dict[str, Any] = (
     if "telemetry" in inspect.signature(FastAPI).parameters
     else {}
 )
+
+
+class Welcome(BaseModel):
+    """The body of ``GET /``."""
+
+    message: str
+    docs: str | None = Field(None, description="The documentation's path; absent when PRODUCTOS_DOCS_ENABLED=false")
+    health: str
+
 
 #: Builds a service's own objects (use cases, repositories) from the runtime; they join the lifespan state,
 #: so ``request.state.<key>`` reaches them.
@@ -70,7 +88,7 @@ def create_service(
             (``productos migrate --script-location ... --version-table ...`` applies them elsewhere).
         state: builds the service's own objects from the runtime (see ``StateBuilder``).
         description: the OpenAPI description.
-        version: the OpenAPI version.
+        version: the service's version: OpenAPI's, and ``service.version`` in its telemetry's resource.
     """
 
     @asynccontextmanager
@@ -87,16 +105,22 @@ def create_service(
             configure_logging(resolved.settings.log_level, resolved.settings.log_format)
             # Telemetry per worker, after gunicorn's fork: its exporters run threads. Entered first so it is
             # closed last, and exports everything the runtime's shutdown does.
-            telemetry = await stack.enter_async_context(open_telemetry(resolved.settings))
+            telemetry = await stack.enter_async_context(open_telemetry(resolved.settings, service_version=version))
             runtime = await stack.enter_async_context(open_runtime(resolved, migrations=migrations))
-            telemetry.instrument_engine(runtime.engine)
+            # The pools by db.client.connection.pool.name: the primary's, and the read replica's when there is one.
+            telemetry.instrument_engine(runtime.engine, pool_name="primary")
+            if runtime.replica is not None:
+                telemetry.instrument_engine(runtime.replica.engine, pool_name="replica")
             service_name = runtime.settings.service_name
             logger.info("started", extra={"service": service_name})
             yield {
                 RUNTIME: runtime,
                 BodySizeLimitMiddleware.STATE_KEY: runtime.settings.max_body_size,
                 ConcurrencyLimitMiddleware.STATE_KEY: runtime.settings.max_concurrent_requests,
+                DOCS_STATE_KEY: runtime.settings.docs_enabled,
+                ReadYourWritesMiddleware.STATE_KEY: runtime.replica is not None,
                 Telemetry.STATE_KEY: telemetry,
+                TrustedProxyHeadersMiddleware.STATE_KEY: runtime.settings.trusted_proxies,
                 **(state(runtime) if state is not None else {}),
             }
         logger.info("stopped", extra={"service": service_name})
@@ -107,23 +131,35 @@ def create_service(
         description=description,
         lifespan=lifespan,
         redirect_slashes=False,
+        # OpenAPI: operation ids clients are generated from (``things_list``...), the edge's errors declared on
+        # every operation, and the documentation routes added by install_docs (PRODUCTOS_DOCS_ENABLED).
+        generate_unique_id_function=operation_id,
+        responses=error_responses(*SERVICE_ERROR_STATUSES),
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
         **_FASTAPI_TELEMETRY_OFF,
     )
     install_error_handlers(app)
-    app.include_router(health_router)
-    app.include_router(metrics_router)
-    for router in routers:
-        app.include_router(router)
+    install_docs(app)
+    # The service's routes first: a request is matched against the routes in order.
+    for router in (*routers, health_router, metrics_router):
+        include_routes(app, router)
 
-    @app.get("/", tags=["meta"])
-    async def root() -> JSONResponse:
+    @app.get("/", tags=["meta"], operation_id="root", responses={200: {"model": Welcome}})
+    async def root(request: Request) -> JSONResponse:
         """Welcome message."""
-        return JSONResponse({"message": f"Bienvenido a {title}", "docs": "/docs", "health": "/health"})
+        docs = {"docs": DOCS_URL} if docs_enabled(request) else {}
+        return JSONResponse({"message": f"Bienvenido a {title}", **docs, "health": "/health"})
 
+    # Innermost: a request's read-only units read from the primary once it has written (DATABASE_READ_URL).
+    app.add_middleware(ReadYourWritesMiddleware)
     app.add_middleware(BodySizeLimitMiddleware)
     # Inside the request context: a refused request is measured, logged and carries X-Request-ID too.
     app.add_middleware(ConcurrencyLimitMiddleware)
     # Just inside the request context: a 500 carries X-Request-ID, its log line the request and trace ids.
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    # Outermost: the client's address and scheme from trusted proxies' headers, before anything reads them.
+    app.add_middleware(TrustedProxyHeadersMiddleware)
     return app

@@ -67,12 +67,14 @@ class ResolvedSettings:
     (``secretsmanager:<id>+ssm:<name>`` when a secret's credentials complete a ``DATABASE_URL`` from SSM), or
     the labels of your own sources. From ``open_settings``, ``aws`` and ``secret`` are the live clients and
     the cached secret, open until the context exits; from ``resolve_settings`` they are ``None``.
+    ``migrate_secret`` is the schema owner's secret (``PRODUCTOS_MIGRATE_SECRET_ID``), likewise.
     """
 
     settings: Settings
     sources: Mapping[str, str]
     aws: AwsClients | None = None
     secret: SecretsManagerSource | None = None
+    migrate_secret: SecretsManagerSource | None = None
 
 
 def _problems(exc: ValidationError, sources: Mapping[str, str]) -> str:
@@ -86,19 +88,20 @@ def _problems(exc: ValidationError, sources: Mapping[str, str]) -> str:
 
 
 def _complete_database_url(
-    lower: tuple[Any, str] | None, credentials: DatabaseCredentials, label: str
+    lower: tuple[Any, str] | None, credentials: DatabaseCredentials, label: str, field_name: str = "database_url"
 ) -> tuple[str, str]:
-    """Put a secret's user and password into the ``DATABASE_URL`` of a lower source."""
+    """Put a secret's user and password into the ``DATABASE_URL`` (or ``DATABASE_MIGRATE_URL``: ``field_name``)
+    of a lower source."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    holder = (
-        f"the secret {label.split(':', 1)[1]} (PRODUCTOS_SECRET_ID)" if label.startswith("secretsmanager:") else label
-    )
+    name = field_name.upper()
+    setting = "PRODUCTOS_MIGRATE_SECRET_ID" if field_name == "database_migrate_url" else "PRODUCTOS_SECRET_ID"
+    holder = f"the secret {label.split(':', 1)[1]} ({setting})" if label.startswith("secretsmanager:") else label
     missing = ConfigurationError(
         f"{holder} holds a username and password but no host, and no source below it sets a "
-        "PostgreSQL DATABASE_URL to complete: add host, port and dbname to the secret, or set DATABASE_URL "
-        "(without its password) in SSM (<path>/database-url), .env or the environment"
+        f"PostgreSQL {name} to complete: add host, port and dbname to the secret, or set {name} "
+        f"(without its password) in SSM (<path>/{field_name.replace('_', '-')}), .env or the environment"
     )
     if lower is None:
         raise missing
@@ -108,7 +111,7 @@ def _complete_database_url(
         url = make_url(raw.strip())
     except ArgumentError:
         raise ConfigurationError(
-            f"DATABASE_URL (from {lower_label}) is not a valid URL; expected postgresql://user@host:5432/dbname"
+            f"{name} (from {lower_label}) is not a valid URL; expected postgresql://user@host:5432/dbname"
         ) from None
     if url.get_backend_name() != "postgresql":
         raise missing
@@ -133,7 +136,7 @@ def build_settings(layers: Sequence[Layer]) -> ResolvedSettings:
         for field_name, (value, label) in layer.items():
             if isinstance(value, DatabaseCredentials):
                 lower = (merged[field_name], sources[field_name]) if field_name in merged else None
-                value, label = _complete_database_url(lower, value, label)
+                value, label = _complete_database_url(lower, value, label, field_name)
             merged[field_name] = value
             sources[field_name] = label
     try:
@@ -158,6 +161,17 @@ def _check_database(settings: Settings, sources: Mapping[str, str]) -> None:
             f"host (DATABASE_URL from {where}), for example "
             "postgresql://app_user@mydb.abc123.us-east-1.rds.amazonaws.com:5432/productos?sslmode=require"
         )
+    if settings.database_read_url is not None:
+        read_where = sources.get("database_read_url", "default")
+        try:
+            read = parse_database_url(settings.database_read_url.get_secret_value(), setting="DATABASE_READ_URL")
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{exc} (DATABASE_READ_URL from {read_where})") from None
+        if read.dialect != "postgresql" or target.dialect != "postgresql":
+            raise ConfigurationError(
+                f"DATABASE_READ_URL (from {read_where}) is a PostgreSQL read replica of a PostgreSQL DATABASE_URL "
+                f"(from {where}): unset it, or set both to postgresql:// URLs"
+            )
 
 
 def _local_layers(env_file: str | Path | None, overrides: Mapping[str, Any]) -> tuple[Layer, Layer, Layer]:
@@ -232,8 +246,9 @@ async def open_settings(
     boot = _bootstrap([dotenv, env, explicit])
     async with AsyncExitStack() as stack:
         secret: SecretsManagerSource | None = None
+        migrate_secret: SecretsManagerSource | None = None
         jobs: list[tuple[Awaitable[Mapping[str, Any]], str, bool]] = []
-        if boot.ssm_path or boot.secret_id:
+        if boot.ssm_path or boot.secret_id or boot.migrate_secret_id:
             if aws is None:
                 aws = await stack.enter_async_context(AwsClients.from_settings(boot))
             # Clients first: a client that cannot be created must not leave a read half-started.
@@ -241,10 +256,17 @@ async def open_settings(
             if boot.secret_id:
                 client = await aws.client("secretsmanager")
                 secret = SecretsManagerSource(client, boot.secret_id, ttl=boot.secret_ttl)
+            if boot.migrate_secret_id:
+                client = await aws.client("secretsmanager")
+                migrate_secret = SecretsManagerSource(
+                    client, boot.migrate_secret_id, ttl=boot.secret_ttl, url_setting="DATABASE_MIGRATE_URL"
+                )
             if ssm is not None:
                 jobs.append((ssm.load(), "ssm", True))
             if secret is not None:
                 jobs.append((secret.load(), secret.label, False))
+            if migrate_secret is not None:
+                jobs.append((migrate_secret.load(), migrate_secret.label, False))
         jobs.extend((_load(source), type(source).__name__, False) for source in sources)
         results = await asyncio.gather(*(job for job, _, _ in jobs), return_exceptions=True)
         _raise_failures(results)
@@ -263,7 +285,7 @@ async def open_settings(
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
-        yield ResolvedSettings(resolved.settings, resolved.sources, aws, secret)
+        yield ResolvedSettings(resolved.settings, resolved.sources, aws, secret, migrate_secret)
 
 
 def _raise_failures(results: Sequence[object]) -> None:

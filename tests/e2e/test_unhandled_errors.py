@@ -136,8 +136,21 @@ async def test_a_500_carries_the_request_id_and_is_logged_traced_and_counted_onc
             f"boom {n}",
         )
 
-    labels = {"http_request_method": "GET", "http_route": "/boom/{n}", "http_response_status_code": "500"}
+    # error.type is the exception's class on the metric and the access line too, as on the span.
+    labels = {
+        "http_request_method": "GET",
+        "http_route": "/boom/{n}",
+        "http_response_status_code": "500",
+        "url_scheme": "http",
+        "error_type": "RuntimeError",
+    }
     assert metrics.registry.get_sample_value(DURATION_COUNT, labels) == 2
+    access = [line for line in lines.lines if line["logger"] == "productos.access"]
+    assert [(line["url.path"], line["error.type"]) for line in access[:2]] == [
+        ("/boom/1", "RuntimeError"),
+        ("/boom/2", "RuntimeError"),
+    ]
+    assert "error.type" not in access[2]  # GET /: 200
 
 
 async def http_exchange(

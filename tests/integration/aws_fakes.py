@@ -169,7 +169,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 class FakeImds(_Background):
     """IMDSv2: ``PUT /latest/api/token`` gives a token; ``GET``s without it get 401. ``values`` maps paths
     (``/latest/meta-data/instance-id``) to answers; others are 404. ``silent=True``: accept connections, never
-    answer (a metadata service a packet filter swallows)."""
+    answer (a metadata service a packet filter swallows).
+
+    It also answers as an HTTP proxy would be asked (``PUT http://169.254.169.254/latest/api/token``): a client
+    that cannot be pointed at another endpoint, such as OpenTelemetry's EC2 resource detector, reaches it
+    through ``http_proxy``."""
 
     def __init__(self, values: Mapping[str, str], *, silent: bool = False) -> None:
         super().__init__(_ImdsHandler)
@@ -193,28 +197,34 @@ class _ImdsHandler(BaseHTTPRequestHandler):
     def _owner(self) -> FakeImds:
         return self.server.owner  # type: ignore[attr-defined,no-any-return]
 
+    def _path(self) -> str:
+        # A request sent through a proxy names the whole URL: http://169.254.169.254/latest/...
+        return urlsplit(self.path).path if self.path.startswith("http://") else self.path
+
     def do_PUT(self) -> None:
         imds = self._owner()
-        imds.requests.append(("PUT", self.path, False))
+        path = self._path()
+        imds.requests.append(("PUT", path, False))
         if imds.silent:
             imds.gate.wait(60)
             return
-        if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+        if path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
             self._answer(400, "")
             return
         self._answer(200, imds.token)
 
     def do_GET(self) -> None:
         imds = self._owner()
+        path = self._path()
         valid = self.headers.get("X-aws-ec2-metadata-token") == imds.token
-        imds.requests.append(("GET", self.path, valid))
+        imds.requests.append(("GET", path, valid))
         if imds.silent:
             imds.gate.wait(60)
             return
         if not valid:
             self._answer(401, "")
-        elif self.path in imds.values:
-            self._answer(200, imds.values[self.path])
+        elif path in imds.values:
+            self._answer(200, imds.values[path])
         else:
             self._answer(404, "")
 

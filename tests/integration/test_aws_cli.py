@@ -16,6 +16,7 @@ import pytest
 
 from productos.domain.metrics_ports import ASG_DIMENSION, DB_POOL_UTILIZATION, UNITS
 from productos.infra.aws.resources import Deployment, alarms, dashboard, scaling_policies
+from productos.settings import settings_from_values
 from tests.integration.conftest import REGION, Aws
 
 ASG_NAME = "productos-asg"
@@ -266,3 +267,60 @@ def test_apply_without_credentials_names_the_cause_and_the_fix() -> None:
     assert done.returncode == 3, done.stderr
     assert "cannot apply the scaling policies" in done.stderr and "no AWS credentials" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_alarms_with_a_budget_add_the_rds_connections_alarm(aws: Aws, stack: Stack) -> None:
+    printed, stderr = productos_aws("alarms", "--apply", *COMMON, "--connection-budget", "75")
+    connections = next(a for a in printed if a["AlarmName"] == "productos-api-rds-connections")
+    assert (connections["MetricName"], connections["Threshold"]) == ("DatabaseConnections", 60.0)
+    assert "connections alarm" not in stderr
+    (back,) = client(aws, "cloudwatch").describe_alarms(AlarmNames=["productos-api-rds-connections"])["MetricAlarms"]
+    for key, value in connections.items():
+        assert back[key] == value, key
+    # DB_CONNECTION_BUDGET serves as the option does.
+    printed, _ = productos_aws("alarms", *COMMON, env={"DB_CONNECTION_BUDGET": "75"})
+    assert connections in printed
+
+
+def test_pool_sizes_fit_the_budget_at_the_groups_maximum_and_apply_to_ssm(aws: Aws, stack: Stack) -> None:
+    # The ASG's maximum (10) from the Auto Scaling API; 75 // (10 x 2) = 3 per worker.
+    printed, stderr = productos_aws(
+        "pool-sizes", "--apply", "--asg-name", ASG_NAME, "--connection-budget", "75", "--workers", "2"
+    )
+    assert [(p["Name"], p["Value"], p["Type"]) for p in printed] == [
+        ("/productos-api/db-pool-size", "3", "String"),
+        ("/productos-api/db-max-overflow", "0", "String"),
+    ]
+    assert f"at worst 10 instances x 2 workers x 3 connections = 60 connections (the MaxSize of {ASG_NAME})" in stderr
+    stored = {p["Name"]: p["Value"] for p in aws.ssm.get_parameters(Names=[p["Name"] for p in printed])["Parameters"]}
+    assert stored == {"/productos-api/db-pool-size": "3", "/productos-api/db-max-overflow": "0"}
+
+    # Printing needs no group when its maximum is given; settings stand in for the options.
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "PRODUCTOS_ASG_MAX_SIZE": "4", "WORKERS": "2",
+           "DB_CONNECTION_BUDGET": "1000", "PRODUCTOS_SSM_PATH": "/pedidos/"}  # fmt: skip
+    printed, _ = productos_aws("pool-sizes", env=env)
+    # 1000 // 8 = 125, capped at the library's default pool (DB_POOL_SIZE + DB_MAX_OVERFLOW).
+    defaults = settings_from_values({})
+    assert [(p["Name"], p["Value"]) for p in printed] == [
+        ("/pedidos/db-pool-size", str(defaults.db_pool_size + defaults.db_max_overflow)),
+        ("/pedidos/db-max-overflow", "0"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--asg-max-size", "10", "--workers", "2"), "no connection budget"),
+        (("--asg-max-size", "10", "--connection-budget", "75"), "give --workers or set WORKERS"),
+        (("--asg-max-size", "10", "--workers", "2", "--connection-budget", "19"), "cannot give one connection"),
+        (("--workers", "2", "--connection-budget", "75"), "no Auto Scaling group"),
+    ],
+)
+def test_pool_sizes_say_what_is_missing(args: tuple[str, ...], message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRODUCTOS_", "DB_", "WORKERS"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "productos", "aws", "pool-sizes", *args],
+        capture_output=True, text=True, timeout=60, env={**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

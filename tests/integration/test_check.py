@@ -23,7 +23,8 @@ def _check(workdir: Path, database_url: str, *extra: str) -> subprocess.Complete
     return subprocess.run(
         [sys.executable, "-m", "productos", "check", *extra],
         cwd=workdir,
-        env={**env, "DATABASE_URL": database_url, "DB_CONNECT_TIMEOUT": "1"},
+        # WORKERS fixed: its default, the machine's CPUs, decides the connection budget's worst case.
+        env={**env, "DATABASE_URL": database_url, "DB_CONNECT_TIMEOUT": "1", "WORKERS": "2"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -48,7 +49,9 @@ def test_healthy_postgres_passes_with_timings(tmp_path: Path, migrated_url: str)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["verdict"] == "ok"
-    assert [step["name"] for step in report["checks"]] == ["dns", "tcp", "login", "query", "limits", "schema"]
+    assert [step["name"] for step in report["checks"]] == [
+        "dns", "tcp", "login", "query", "limits", "budget", "schema",
+    ]  # fmt: skip
     limits = next(step for step in report["checks"] if step["name"] == "limits")
     assert limits["detail"].endswith("set at login") and "statement_timeout 4500 ms" in limits["detail"]
     assert all(step["ms"] is not None and step["ms"] >= 0 for step in report["checks"])

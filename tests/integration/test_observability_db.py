@@ -153,7 +153,7 @@ def operations(metrics: Metrics) -> dict[str, float]:
     for family in metrics.registry.collect():
         for sample in family.samples:
             if sample.name == "db_client_operation_duration_seconds_count":
-                assert sample.labels["db_system_name"] == "postgresql"
+                assert sample.labels["db_system_name"] == "postgresql" and sample.labels["db_namespace"]
                 counts[sample.labels["db_operation_name"]] = sample.value
     return counts
 
@@ -186,6 +186,7 @@ async def test_queries_are_timed_by_operation_and_traced_under_the_request(
     finally:
         await engine.dispose()
 
+    database = make_url(clean_postgres).database
     counts = operations(metrics)
     assert counts["INSERT"] == counts["UPDATE"] == counts["DELETE"] == 1
     assert counts["SELECT"] == 2 and counts["OTHER"] == 1
@@ -203,16 +204,17 @@ async def test_queries_are_timed_by_operation_and_traced_under_the_request(
         attributes = span.attributes or {}
         assert span.parent is not None and span.parent.span_id == request_id.span_id
         assert span.context.trace_id == request_id.trace_id
-        assert attributes["db.system.name"] == "postgresql"
+        assert attributes["db.system.name"] == attributes["db.system"] == "postgresql"
+        assert attributes["db.namespace"] == database
         assert "Teclado" not in str(attributes["db.query.text"])  # parameters, never values
-    assert spans[0].name.startswith("INSERT ")
+    assert spans[0].name == f"INSERT {database}"
     assert not spans[-1].status.is_ok and (spans[-1].attributes or {}).get("error.type")
     # One measurement: each span's length is the observation recorded for it.
     span_total = sum((s.end_time or 0) - (s.start_time or 0) for s in spans) / 1e9
     histogram_total = sum(
         metrics.registry.get_sample_value(
             "db_client_operation_duration_seconds_sum",
-            {"db_system_name": "postgresql", "db_operation_name": operation},
+            {"db_system_name": "postgresql", "db_operation_name": operation, "db_namespace": database},
         )
         or 0
         for operation in ("INSERT", "UPDATE", "DELETE", "OTHER")

@@ -32,6 +32,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import HistogramDataPoint
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import make_url
 
 from tests.integration.servers import Gunicorn
 
@@ -39,6 +40,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 ROUTE = "/productos/{producto_id}"
 ACTIVE = "http_server_active_requests"
+DB_FIELDS = ("db.system.name", "db.system", "db.namespace", "db.operation.name")
 T = TypeVar("T")
 
 
@@ -66,7 +68,7 @@ def access_lines(server: Gunicorn, route: str | None = ROUTE) -> list[dict[str, 
     return [
         line
         for line in log_lines(server)
-        if line.get("logger") == "productos.access" and (route is None or line.get("route") == route)
+        if line.get("logger") == "productos.access" and (route is None or line.get("http.route") == route)
     ]
 
 
@@ -165,7 +167,7 @@ async def test_metrics_are_exact_across_workers_and_a_killed_worker_leaves_no_ga
         assert len(access) == 1000
         served_by = {line["pid"] for line in access}
         assert len(served_by) == 2, "both workers must have served requests"
-        assert {line["client_ip"] for line in access} == {"127.0.0.1"}
+        assert {line["client.address"] for line in access} == {"127.0.0.1"}  # X-Forwarded-For ignored
 
         duration = "http_server_request_duration_seconds_count"
         wait_for(
@@ -180,7 +182,10 @@ async def test_metrics_are_exact_across_workers_and_a_killed_worker_leaves_no_ga
         # Only this scrape is in flight (a worker's figures are at most a second behind: batched).
         wait_for("no request in flight but the scrape", lambda: total(scrape(server), ACTIVE) == 1)
         # One SELECT per request, plus each worker's dialect's own first queries (server version, schema).
-        selects = total(samples, "db_client_operation_duration_seconds_count", db_operation_name="SELECT")
+        database = str(make_url(database_url).database)
+        selects = total(
+            samples, "db_client_operation_duration_seconds_count", db_operation_name="SELECT", db_namespace=database
+        )
         assert 1000 <= selects <= 1000 + 2 * 2
         samples = await pool_gauges_match_the_server(server, database_url, name)
         assert total(samples, "db_client_connection_max") == 2 * (4 + 2)
@@ -293,6 +298,7 @@ def test_access_line_spans_and_metrics_share_one_trace_id(workdir: Path, databas
             "OTEL_METRIC_EXPORT_INTERVAL": "200",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
             "PRODUCTOS_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=integration",
         }
         with Gunicorn(workdir, env, workers=2) as server:
             created = httpx.post(f"{server.base_url}/productos", json={"nombre": "trazado", "precio": 2}).json()
@@ -301,12 +307,22 @@ def test_access_line_spans_and_metrics_share_one_trace_id(workdir: Path, databas
                 headers={
                     "X-Request-ID": "trace-me",
                     "X-Forwarded-For": "198.51.100.1, 203.0.113.9, 10.1.2.3",
+                    "X-Forwarded-Proto": "https",
                 },
             )
             assert response.status_code == 200 and response.headers["x-request-id"] == "trace-me"
             line = access_line(server, "trace-me")
             trace_id, span_id = line["trace_id"], line["span_id"]
-            assert (line["route"], line["status"], line["client_ip"]) == (ROUTE, 200, "203.0.113.9")
+            # Through trusted proxies (the peer, then 10.1.2.3): the first address that is not one is the client.
+            request_fields = {
+                "http.request.method": "GET",
+                "http.route": ROUTE,
+                "url.path": f"/productos/{created['id']}",
+                "url.scheme": "https",
+                "http.response.status_code": 200,
+                "client.address": "203.0.113.9",
+            }
+            assert {key: line[key] for key in request_fields} == request_fields
 
             # The span: the request's, named by its route, with the query's span under it. FastAPI's own
             # spans are off (the request is timed once); a worker's first connection also shows the
@@ -318,24 +334,43 @@ def test_access_line_spans_and_metrics_share_one_trace_id(workdir: Path, databas
             assert set(kinds) == {Span.SpanKind.SPAN_KIND_SERVER, Span.SpanKind.SPAN_KIND_CLIENT}, spans
             (server_span,) = [s for s in spans if s.kind == Span.SpanKind.SPAN_KIND_SERVER]
             assert server_span.span_id.hex() == span_id and server_span.name == f"GET {ROUTE}"
-            assert attributes(server_span.attributes)["http.route"] == ROUTE
+            span_attributes = attributes(server_span.attributes)
+            assert {key: span_attributes[key] for key in request_fields} == request_fields  # as the access line
             queries = [s for s in spans if s.kind == Span.SpanKind.SPAN_KIND_CLIENT]
             assert all(query.parent_span_id.hex() == span_id for query in queries)
             (lookup,) = [q for q in queries if "FROM productos" in attributes(q.attributes)["db.query.text"]]
-            assert attributes(lookup.attributes)["db.operation.name"] == "SELECT"
+            database = make_url(database_url).database
+            assert {key: attributes(lookup.attributes)[key] for key in DB_FIELDS} == {
+                "db.system.name": "postgresql",
+                "db.system": "postgresql",
+                "db.namespace": database,
+                "db.operation.name": "SELECT",
+            }
             resource = next(r for r, s in collector.spans if s.span_id == server_span.span_id)
             assert resource["service.name"] == name and resource["process.pid"] == line["pid"]
+            # The service's version (the products service's, create_service's default), not the library's;
+            # OTEL_RESOURCE_ATTRIBUTES is honoured.
+            assert resource["service.version"] == "0.1.0" and resource["telemetry.distro.name"] == "productos"
+            assert resource["deployment.environment.name"] == "integration"
 
             # The metrics: their exemplars carry the trace id.
             wait_for(
                 "the request's exemplar",
-                lambda: trace_id in collector.exemplar_traces("http.server.request.duration", **{"http.route": ROUTE}),
+                lambda: (
+                    trace_id
+                    in collector.exemplar_traces(
+                        "http.server.request.duration",
+                        **{"http.route": ROUTE, "url.scheme": "https", "http.response.status_code": 200},
+                    )
+                ),
             )
             wait_for(
                 "the query's exemplar",
                 lambda: (
                     trace_id
-                    in collector.exemplar_traces("db.client.operation.duration", **{"db.operation.name": "SELECT"})
+                    in collector.exemplar_traces(
+                        "db.client.operation.duration", **{"db.operation.name": "SELECT", "db.namespace": database}
+                    )
                 ),
             )
 

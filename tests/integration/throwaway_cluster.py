@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -101,22 +101,27 @@ def process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def throwaway_cluster() -> Iterator[ThrowawayCluster]:
+def throwaway_cluster(*, prefix: str = PREFIX, options: Sequence[str] = ()) -> Iterator[ThrowawayCluster]:
+    """A started cluster named ``<prefix><pid>``; ``options`` (``"max_connections=20"``) override the defaults."""
     if shutil.which("pg_createcluster") is None or os.geteuid() != 0:
         raise RuntimeError("a throwaway PostgreSQL cluster needs root and pg_createcluster (postgresql-common)")
     clusters = _clusters()
     for version, name in clusters:
-        match = re.fullmatch(rf"{PREFIX}(\d+)", name)
+        match = re.fullmatch(rf"{prefix}(\d+)", name)
         if match and not process_alive(int(match.group(1))):
             drop_cluster(version, name)
     version = max((row[0] for row in clusters), key=float, default=None) or sorted(os.listdir("/etc/postgresql"))[-1]
-    name = f"{PREFIX}{os.getpid()}"
+    name = f"{prefix}{os.getpid()}"
     drop_cluster(version, name)
     port = free_port()
+    settings = {"fsync": "off", "max_connections": "60", "shared_buffers": "16MB"}
+    for option in options:
+        key, _, value = option.partition("=")
+        settings[key] = value
     try:
         subprocess.run(
             ["pg_createcluster", version, name, "-p", str(port), "--start-conf=manual",
-             "-o", "fsync=off", "-o", "max_connections=60", "-o", "shared_buffers=16MB",
+             *(arg for key, value in settings.items() for arg in ("-o", f"{key}={value}")),
              "--", "--auth-local=trust", "--auth-host=trust", "--no-sync"],
             capture_output=True, check=True, timeout=120,
         )  # fmt: skip

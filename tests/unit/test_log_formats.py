@@ -27,9 +27,9 @@ def _record() -> logging.LogRecord:
         raise ValueError("boom")
     except ValueError:
         exc_info = sys.exc_info()
-    return logger.makeRecord(
-        "productos.test", logging.ERROR, __file__, 1, "failed %s", ("x",), exc_info, extra={"route": "/a/{id}"}
-    )
+    # Fields named as the access line names them: OpenTelemetry's semantic conventions, dotted.
+    fields = {"http.route": "/a/{id}", "client.address": "203.0.113.9", "error.type": "ValueError"}
+    return logger.makeRecord("productos.test", logging.ERROR, __file__, 1, "failed %s", ("x",), exc_info, extra=fields)
 
 
 def test_both_formats_carry_the_same_fields() -> None:
@@ -40,11 +40,17 @@ def test_both_formats_carry_the_same_fields() -> None:
         console = ConsoleFormatter(colour=False).format(record)
     finally:
         request_id_var.reset(token)
-    assert as_json["message"] == "failed x" and as_json["route"] == "/a/{id}" and as_json["request_id"] == "req-1"
+    assert as_json["message"] == "failed x" and as_json["request_id"] == "req-1"
+    assert (as_json["http.route"], as_json["client.address"], as_json["error.type"]) == (
+        "/a/{id}",
+        "203.0.113.9",
+        "ValueError",
+    )
     assert "ValueError: boom" in as_json["exception"]
     first_line = console.splitlines()[0]
     assert as_json["time"][11:23] in first_line
-    for value in ("error", "productos.test", "failed x", "route=/a/{id}", "request_id=req-1"):
+    shown = ("error", "productos.test", "failed x", "http.route=/a/{id}", "client.address=203.0.113.9")
+    for value in (*shown, "error.type=ValueError", "request_id=req-1"):
         assert value in first_line
     assert "ValueError: boom" in console
 
@@ -81,11 +87,12 @@ def test_a_service_on_a_terminal_prints_readable_lines_and_json_in_a_pipe(tmp_pa
         "import logging\n"
         "from productos.observability.logging import configure_logging\n"
         "configure_logging('info')\n"
-        "logging.getLogger('productos.demo').info('hello', extra={'route': '/x'})\n"
+        "logging.getLogger('productos.demo').info('hello', extra={'http.route': '/x'})\n"
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     piped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    assert json.loads(piped.stdout.strip())["message"] == "hello"
+    piped_line = json.loads(piped.stdout.strip())
+    assert (piped_line["message"], piped_line["http.route"]) == ("hello", "/x")
     main, child = pty.openpty()
     with subprocess.Popen([sys.executable, "-c", script], stdout=child, stderr=child, env=env) as process:
         os.close(child)
@@ -101,4 +108,4 @@ def test_a_service_on_a_terminal_prints_readable_lines_and_json_in_a_pipe(tmp_pa
         process.wait(timeout=30)
     os.close(main)
     text = output.decode()
-    assert "hello" in text and "route=/x" in text and not text.lstrip().startswith("{")
+    assert "hello" in text and "http.route=/x" in text and not text.lstrip().startswith("{")

@@ -1,10 +1,13 @@
-"""Observability in process: the request middleware, metrics, spans, log lines and trusted proxies."""
+"""Observability in process: the request middleware, metrics, spans, log lines and trusted proxies' headers."""
 
 from __future__ import annotations
 
 import json
 import logging
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,18 +27,29 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from productos.http.middleware import TrustedProxyHeadersMiddleware
 from productos.observability import middleware
 from productos.observability.db import operation_name
 from productos.observability.logging import JsonFormatter, logging_config, set_xray_trace_ids
 from productos.observability.metrics import Metrics
 from productos.observability.middleware import RequestContextMiddleware
-from productos.observability.proxies import TrustedProxies
 from productos.observability.telemetry import Telemetry, build_telemetry, exporter_kind
 from productos.observability.tracing import Tracing, create_tracing
 from productos.settings import Settings
 
 ROUTE = "/items/{item_id}"
 DURATION = "http_server_request_duration_seconds"
+
+
+def http_labels(status: int, error_type: str = "", scheme: str = "http") -> dict[str, str]:
+    """The Prometheus labels of a GET on ``ROUTE``: the semantic conventions' attributes, spelt with underscores."""
+    return {
+        "http_request_method": "GET",
+        "http_route": ROUTE,
+        "http_response_status_code": str(status),
+        "url_scheme": scheme,
+        "error_type": error_type,
+    }
 
 
 class LineCollector(logging.Handler):
@@ -102,9 +116,8 @@ async def test_one_label_per_route_template_and_one_measurement_per_request(
     registry = metrics.registry
     routes = {s.labels["http_route"] for m in registry.collect() if m.name == DURATION for s in m.samples}
     assert routes == {ROUTE}
-    for status in ("200", "404"):
-        labels = {"http_request_method": "GET", "http_route": ROUTE, "http_response_status_code": status}
-        assert registry.get_sample_value(f"{DURATION}_count", labels) == 500
+    for status in (200, 404):
+        assert registry.get_sample_value(f"{DURATION}_count", http_labels(status)) == 500
     assert registry.get_sample_value("http_server_active_requests") == 0
 
     spans = exporter.get_finished_spans()
@@ -112,14 +125,7 @@ async def test_one_label_per_route_template_and_one_measurement_per_request(
     assert all(s.kind is SpanKind.SERVER and (s.attributes or {}).get("http.route") == ROUTE for s in spans)
     # One measurement: the spans' lengths are the histogram's observations, and the access lines' durations.
     span_seconds = sum((s.end_time - s.start_time) for s in spans if s.end_time and s.start_time) / 1e9
-    histogram_seconds = sum(
-        registry.get_sample_value(
-            f"{DURATION}_sum",
-            {"http_request_method": "GET", "http_route": ROUTE, "http_response_status_code": s},
-        )
-        or 0
-        for s in ("200", "404")
-    )
+    histogram_seconds = sum(registry.get_sample_value(f"{DURATION}_sum", http_labels(s)) or 0 for s in (200, 404))
     assert span_seconds == pytest.approx(histogram_seconds, abs=1e-6)
     assert len(access_lines) == 1000
     assert sum(float(line["duration_ms"]) for line in access_lines) / 1e3 == pytest.approx(histogram_seconds, abs=1e-3)
@@ -132,10 +138,7 @@ async def test_the_access_line_can_be_turned_off_alone(access_lines: list[dict[s
         response = await client.get("/items/7")
     assert response.status_code == 200 and response.headers["x-request-id"]
     assert access_lines == []
-    counted = metrics.registry.get_sample_value(
-        "http_server_request_duration_seconds_count",
-        {"http_request_method": "GET", "http_route": ROUTE, "http_response_status_code": "200"},
-    )
+    counted = metrics.registry.get_sample_value("http_server_request_duration_seconds_count", http_labels(200))
     assert counted == 1  # the request is still measured
     assert not build_telemetry(Settings(access_log=False)).access_log
     assert build_telemetry(Settings()).access_log
@@ -156,9 +159,20 @@ async def test_access_line_carries_request_and_trace_ids(access_lines: list[dict
     assert line["trace_id"] == incoming_trace == format(span.context.trace_id, "032x")
     assert line["span_id"] == format(span.context.span_id, "016x")
     assert span.parent is not None and span.parent.span_id == 0x00F067AA0BA902B7
-    assert (line["method"], line["route"], line["path"], line["status"]) == ("GET", ROUTE, "/items/7", 200)
-    assert line["client_ip"] == "10.1.2.3"
+    # The access line and the span name the request's fields alike, with the semantic conventions' names.
+    fields = {
+        "http.request.method": "GET",
+        "http.route": ROUTE,
+        "url.path": "/items/7",
+        "url.scheme": "http",
+        "http.response.status_code": 200,
+        "client.address": "10.1.2.3",
+    }
+    assert {key: line[key] for key in fields} == fields
+    assert {key: (span.attributes or {})[key] for key in fields} == fields
+    assert "error.type" not in line and "error.type" not in (span.attributes or {})
     assert isinstance(line["duration_ms"], float)
+    assert not {"method", "route", "path", "status", "client_ip"} & line.keys()  # the old names are gone
 
 
 async def test_unhandled_error_is_counted_once_as_500(access_lines: list[dict[str, Any]]) -> None:
@@ -166,11 +180,80 @@ async def test_unhandled_error_is_counted_once_as_500(access_lines: list[dict[st
     metrics = Metrics()
     async with app_with(Telemetry(metrics=metrics, tracing=tracing)) as client:
         assert (await client.get("/items/0")).status_code == 500
-    labels = {"http_request_method": "GET", "http_route": ROUTE, "http_response_status_code": "500"}
-    assert metrics.registry.get_sample_value(f"{DURATION}_count", labels) == 1
-    assert [line["status"] for line in access_lines] == [500]
+    # Starlette's ServerErrorMiddleware answered the 500 before the exception reached the middleware: the status
+    # code was sent, so error.type is the status code (with UnhandledErrorMiddleware, create_service's, it is
+    # the exception's class: tests/e2e/test_unhandled_errors.py).
+    assert metrics.registry.get_sample_value(f"{DURATION}_count", http_labels(500, "500")) == 1
+    assert [(line["http.response.status_code"], line["error.type"]) for line in access_lines] == [(500, "500")]
     (span,) = exporter.get_finished_spans()
-    assert not span.status.is_ok
+    assert not span.status.is_ok and (span.attributes or {})["error.type"] == "500"
+
+
+async def test_an_exception_before_any_response_has_its_class_as_error_type(
+    access_lines: list[dict[str, Any]],
+) -> None:
+    tracing, exporter = in_memory_tracing()
+    metrics = Metrics()
+    telemetry = Telemetry(metrics=metrics, tracing=tracing)
+
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        raise LookupError("nothing answered")
+
+    app = RequestContextMiddleware(failing)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "GET",
+        "path": "/anything",
+        "scheme": "http",
+        "headers": [],
+        "client": ("10.1.2.3", 5000),
+        "state": {Telemetry.STATE_KEY: telemetry},
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("nothing is sent")
+
+    with pytest.raises(LookupError):
+        await app(scope, receive, send)
+    labels = {**http_labels(500, "LookupError"), "http_route": "unmatched"}
+    assert metrics.registry.get_sample_value(f"{DURATION}_count", labels) == 1
+    assert [line["error.type"] for line in access_lines] == ["LookupError"]
+    (span,) = exporter.get_finished_spans()
+    assert (span.attributes or {})["error.type"] == "LookupError" and not span.status.is_ok
+
+
+async def test_a_5xx_answered_by_the_app_has_its_status_code_as_error_type(
+    access_lines: list[dict[str, Any]],
+) -> None:
+    """OpenTelemetry's rule: with no exception, a server error's ``error.type`` is its status code; a 4xx has none."""
+
+    async def unavailable(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("later", status_code=503 if request.path_params["item_id"] == "1" else 404)
+
+    tracing, exporter = in_memory_tracing()
+    metrics = Metrics()
+    telemetry = Telemetry(metrics=metrics, tracing=tracing)
+    app = RequestContextMiddleware(Starlette(routes=[Route(ROUTE, unavailable)]))
+
+    async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"] = {Telemetry.STATE_KEY: telemetry}
+        await app(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=with_state)
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+        assert (await client.get("/items/1")).status_code == 503
+        assert (await client.get("/items/2")).status_code == 404
+    assert metrics.registry.get_sample_value(f"{DURATION}_count", http_labels(503, "503", "https")) == 1
+    assert metrics.registry.get_sample_value(f"{DURATION}_count", http_labels(404, "", "https")) == 1
+    unavailable_line, missing_line = access_lines
+    assert (unavailable_line["error.type"], unavailable_line["url.scheme"]) == ("503", "https")
+    assert "error.type" not in missing_line
+    unavailable_span, missing_span = exporter.get_finished_spans()
+    assert (unavailable_span.attributes or {})["error.type"] == "503" and not unavailable_span.status.is_ok
+    assert "error.type" not in (missing_span.attributes or {})
 
 
 async def test_unknown_methods_and_paths_cannot_create_label_values() -> None:
@@ -190,23 +273,54 @@ async def test_without_telemetry_the_middleware_still_logs(access_lines: list[di
 
 
 @pytest.mark.parametrize(
-    ("trusted", "peer", "forwarded_for", "client"),
+    ("trusted", "peer", "headers", "client", "scheme"),
     [
-        ("", "10.0.0.5", "203.0.113.9", "10.0.0.5"),  # nobody trusted: the header is ignored
-        ("10.0.0.0/16", "198.51.100.7", "203.0.113.9", "198.51.100.7"),  # peer not trusted
-        ("10.0.0.0/16", "10.0.0.5", "203.0.113.9", "203.0.113.9"),  # the ALB's entry
-        ("10.0.0.0/16", "10.0.0.5", "6.6.6.6, 203.0.113.9", "203.0.113.9"),  # a forged entry further left
-        ("10.0.0.0/16, 10.1.0.0/16", "10.0.0.5", "203.0.113.9, 10.1.0.8", "203.0.113.9"),  # two proxies
-        ("10.0.0.0/16", "10.0.0.5", "10.0.3.3", "10.0.3.3"),  # every hop trusted: the leftmost
-        ("*", "198.51.100.7", "203.0.113.9", "203.0.113.9"),
-        ("10.0.0.0/16", "10.0.0.5", None, "10.0.0.5"),
-        ("::1", "::1", "2001:db8::1", "2001:db8::1"),
+        ("", "10.0.0.5", {"X-Forwarded-For": "203.0.113.9"}, "10.0.0.5", "http"),  # nobody trusted: ignored
+        ("10.0.0.0/16", "198.51.100.7", {"X-Forwarded-For": "203.0.113.9"}, "198.51.100.7", "http"),  # untrusted peer
+        ("10.0.0.0/16", "10.0.0.5", {"X-Forwarded-For": "203.0.113.9"}, "203.0.113.9", "http"),  # the ALB's entry
+        ("10.0.0.0/16", "10.0.0.5", {"X-Forwarded-For": "6.6.6.6, 203.0.113.9"}, "203.0.113.9", "http"),  # forged
+        ("10.0.0.0/16,10.1.0.0/16", "10.0.0.5", {"X-Forwarded-For": "203.0.113.9, 10.1.0.8"}, "203.0.113.9", "http"),
+        ("10.0.0.0/16", "10.0.0.5", {"X-Forwarded-For": "10.0.3.3"}, "10.0.3.3", "http"),  # all trusted: leftmost
+        ("*", "198.51.100.7", {"X-Forwarded-For": "203.0.113.9"}, "203.0.113.9", "http"),
+        ("10.0.0.0/16", "10.0.0.5", {}, "10.0.0.5", "http"),
+        ("::1", "::1", {"X-Forwarded-For": "2001:db8::1"}, "2001:db8::1", "http"),
+        (
+            "10.0.0.0/16",
+            "10.0.0.5",
+            {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"},
+            "203.0.113.9",
+            "https",
+        ),
+        ("10.0.0.0/16", "198.51.100.7", {"X-Forwarded-Proto": "https"}, "198.51.100.7", "http"),  # untrusted
     ],
 )
-def test_client_ip_comes_from_x_forwarded_for_only_through_trusted_proxies(
-    trusted: str, peer: str, forwarded_for: str | None, client: str
+async def test_client_address_and_scheme_come_from_proxy_headers_only_through_trusted_proxies(
+    access_lines: list[dict[str, Any]], trusted: str, peer: str, headers: dict[str, str], client: str, scheme: str
 ) -> None:
-    assert TrustedProxies(trusted).client_ip(peer, forwarded_for) == client
+    """``TrustedProxyHeadersMiddleware`` (uvicorn's proxy-headers handling, PRODUCTOS_TRUSTED_PROXIES from the
+    lifespan state) in front of the request middleware, as ``create_service`` installs them."""
+    tracing, exporter = in_memory_tracing()
+    metrics = Metrics()
+    telemetry = Telemetry(metrics=metrics, tracing=tracing)
+
+    async def item(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"{request.client.host if request.client else None} {request.url.scheme}")
+
+    app = TrustedProxyHeadersMiddleware(RequestContextMiddleware(Starlette(routes=[Route(ROUTE, item)])))
+
+    async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"] = {Telemetry.STATE_KEY: telemetry, TrustedProxyHeadersMiddleware.STATE_KEY: trusted}
+        await app(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=with_state, client=(peer, 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client_:
+        response = await client_.get("/items/1", headers=headers)
+    assert response.text == f"{client} {scheme}"  # what the route sees
+    (line,) = access_lines
+    assert (line["client.address"], line["url.scheme"]) == (client, scheme)
+    (span,) = exporter.get_finished_spans()
+    assert ((span.attributes or {})["client.address"], (span.attributes or {})["url.scheme"]) == (client, scheme)
+    assert metrics.registry.get_sample_value(f"{DURATION}_count", http_labels(200, scheme=scheme)) == 1
 
 
 def test_trusted_proxies_setting_is_checked_and_normalised() -> None:
@@ -350,3 +464,24 @@ def test_new_request_ids_are_128_bit_hex_and_differ_between_forked_workers() -> 
         child.join(timeout=10)
     assert not set(first) & set(second)
     assert not set(first) & set(ids)
+
+
+@pytest.mark.parametrize(
+    ("setting", "allowed"),
+    [
+        ("", []),
+        ("10.0.0.7/16, 127.0.0.1", ["10.0.0.0/16", "127.0.0.1"]),
+        ("10.0.0.0/16,*", ["*"]),  # uvicorn trusts every peer for "*" alone; in a list it would be a host's name
+    ],
+)
+def test_gunicorn_passes_the_trusted_proxies_to_uvicorns_workers(setting: str, allowed: list[str]) -> None:
+    """The tuned configuration's ``forwarded_allow_ips``, as gunicorn validates it and its uvicorn workers get it."""
+    script = (
+        "from gunicorn.config import validate_string_to_addr_list\n"
+        "from productos import gunicorn_conf\n"
+        "print(validate_string_to_addr_list(gunicorn_conf.forwarded_allow_ips))\n"
+    )
+    env = {**os.environ, "PRODUCTOS_TRUSTED_PROXIES": setting}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == repr(allowed)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from pedidos.domain import CANTIDAD_MAX, Estado, NewPedido, Pedido
 from pedidos.service import PedidoService
 from productos.domain import ID_MAX
-from productos.http import both_slashes
+from productos.http import both_slashes, error_responses
 from productos.pagination import DEFAULT_PAGE_SIZE, After, Limit, next_link
 
 router = APIRouter(tags=["pedidos"])
@@ -54,13 +54,13 @@ class PedidoOut(BaseModel):
         )
 
 
-@both_slashes(router.post, "/pedidos", status_code=201)
+@both_slashes(router.post, "/pedidos", status_code=201, responses=error_responses(409))
 async def create_pedido(body: PedidoIn, service: ServiceDep) -> PedidoOut:
     """Place an order."""
     return PedidoOut.of(await service.create(NewPedido(producto_id=body.producto_id, cantidad=body.cantidad)))
 
 
-@both_slashes(router.get, "/pedidos")
+@both_slashes(router.get, "/pedidos", responses=error_responses(409))
 async def list_pedidos(
     request: Request,
     response: Response,
@@ -74,13 +74,13 @@ async def list_pedidos(
     return [PedidoOut.of(pedido) for pedido in page.items]
 
 
-@both_slashes(router.get, "/pedidos/{pedido_id}")
+@both_slashes(router.get, "/pedidos/{pedido_id}", responses=error_responses(404, 409))
 async def get_pedido(pedido_id: int, service: ServiceDep) -> PedidoOut:
     """One order."""
     return PedidoOut.of(await service.get(pedido_id))
 
 
-@both_slashes(router.patch, "/pedidos/{pedido_id}")
+@both_slashes(router.patch, "/pedidos/{pedido_id}", responses=error_responses(404, 409))
 async def change_estado(pedido_id: int, body: EstadoIn, service: ServiceDep) -> PedidoOut:
     """Move an order along its life cycle (409 when the change is not allowed)."""
     return PedidoOut.of(await service.change_estado(pedido_id, body.estado))

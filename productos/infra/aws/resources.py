@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from productos.domain.connection_budget import ALARM_SHARE
 from productos.domain.dashboards import PANELS, POOL_TARGET
 from productos.domain.metrics_ports import (
     ASG_DIMENSION,
@@ -47,6 +48,8 @@ class Deployment:
         region: the dashboard's region.
         prefix: names start with it (``productos-api-cpu-70``).
         alarm_actions: ARNs notified when an alarm fires and clears (SNS topics).
+        connection_budget: the service's share of the database's connections (``DB_CONNECTION_BUDGET``), for the
+            RDS connections alarm.
     """
 
     asg_name: str
@@ -60,6 +63,7 @@ class Deployment:
     region: str = "us-east-1"
     prefix: str = "productos-api"
     alarm_actions: tuple[str, ...] = field(default=())
+    connection_budget: int | None = None
 
     def __post_init__(self) -> None:
         if not self.asg_name:
@@ -68,6 +72,8 @@ class Deployment:
             raise ValueError("give the HTTP API's id or the REST API's name, not both")
         if self.load_balancer and not self.load_balancer.startswith(("app/", "net/")):
             raise ValueError(f"the load balancer must be an ARN suffix app/<name>/<id>, not {self.load_balancer!r}")
+        if self.connection_budget is not None and self.connection_budget < 1:
+            raise ValueError(f"the connection budget must be at least 1, not {self.connection_budget}")
         if self.target_group and not self.target_group.startswith("targetgroup/"):
             raise ValueError(
                 f"the target group must be an ARN suffix targetgroup/<name>/<id>, not {self.target_group!r}"
@@ -163,8 +169,8 @@ def _api(deployment: Deployment) -> tuple[list[dict[str, str]], str, str, str] |
 
 
 def alarms(deployment: Deployment) -> list[dict[str, Any]]:
-    """``PutMetricAlarm`` requests: ALB 5XX > 10 in 5 min, RDS CPU > 80 % for 10 min, unhealthy hosts > 0,
-    API Gateway 4XX rate > 20 %."""
+    """``PutMetricAlarm`` requests: ALB 5XX > 10 in 5 min, RDS CPU > 80 % for 10 min, RDS connections at 80 % of
+    the connection budget for 5 min, unhealthy hosts > 0, API Gateway 4XX rate > 20 %."""
     actions: dict[str, Any] = {}
     if deployment.alarm_actions:
         actions = {
@@ -217,6 +223,27 @@ def alarms(deployment: Deployment) -> list[dict[str, Any]]:
                 "DatapointsToAlarm": 2,
                 "Threshold": 80.0,
                 "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "missing",
+                **actions,
+            }
+        )
+    if deployment.db_instance and deployment.connection_budget:
+        budget = deployment.connection_budget
+        out.append(
+            {
+                "AlarmName": f"{deployment.prefix}-rds-connections",
+                "AlarmDescription": (
+                    f"RDS connections at {ALARM_SHARE * 100:g} % of the service's budget of {budget} for 5 minutes"
+                ),
+                "Namespace": "AWS/RDS",
+                "MetricName": "DatabaseConnections",
+                "Dimensions": _dimensions(DBInstanceIdentifier=deployment.db_instance),
+                "Statistic": "Maximum",
+                "Period": 60,
+                "EvaluationPeriods": 5,
+                "DatapointsToAlarm": 5,
+                "Threshold": round(ALARM_SHARE * budget, 1),
+                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
                 "TreatMissingData": "missing",
                 **actions,
             }
@@ -377,11 +404,19 @@ def dashboard(deployment: Deployment) -> dict[str, Any]:
     )
     if deployment.db_instance:
         db = ["DBInstanceIdentifier", deployment.db_instance]
+        budget = deployment.connection_budget
+        budget_line = {"annotations": {"horizontal": [{"label": "budget", "value": budget}]}} if budget else {}
         rows.append(
             (
                 "RDS",
                 [
-                    _widget("RDS: connections", [["AWS/RDS", "DatabaseConnections", *db]], region, stat="Maximum"),
+                    _widget(
+                        "RDS: connections",
+                        [["AWS/RDS", "DatabaseConnections", *db]],
+                        region,
+                        stat="Maximum",
+                        **budget_line,
+                    ),
                     _widget("RDS: CPU (%)", [["AWS/RDS", "CPUUtilization", *db]], region, stat="Average"),
                     _widget(
                         "RDS: free storage (bytes)",
@@ -449,7 +484,9 @@ def missing(deployment: Deployment, kind: str = "all") -> list[str]:
             notes.append("the ALB widgets: give --alb")
     if kind != "scaling-policies":
         if not deployment.db_instance:
-            notes.append(f"the RDS {'alarm' if kind == 'alarms' else 'widgets'}: give --db-instance")
+            notes.append(f"the RDS {'alarms' if kind == 'alarms' else 'widgets'}: give --db-instance")
+        elif kind in ("alarms", "all") and not deployment.connection_budget:
+            notes.append("the RDS connections alarm: give --connection-budget (DB_CONNECTION_BUDGET)")
         if not (deployment.api_id or deployment.api_name):
             notes.append(
                 f"the API Gateway {'alarm' if kind == 'alarms' else 'widgets'}: give --api-id (HTTP API) or "

@@ -9,6 +9,10 @@ The secret's ``SecretString`` is a JSON object. Its keys that name settings (``D
 The secret is cached for ``ttl`` seconds and refreshed in the background (``keep_fresh``), so new database
 connections pick up a rotated password without a restart; ``SecretDatabaseCredentials`` also re-reads it once
 when the database refuses a login.
+
+A second secret, the schema owner's (``PRODUCTOS_MIGRATE_SECRET_ID``, ``url_setting="DATABASE_MIGRATE_URL"``),
+yields ``DATABASE_MIGRATE_URL`` the same way from its RDS-style login (or its own ``DATABASE_MIGRATE_URL`` key),
+and nothing else: the service's settings come from ``PRODUCTOS_SECRET_ID``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ _RDS_KEYS = frozenset(
     }
 )
 _POSTGRES_ENGINES = frozenset({"postgres", "postgresql", "aurora-postgresql"})
+#: The setting that names a secret, by the database URL its login yields.
+_SETTING_OF = {"DATABASE_URL": "PRODUCTOS_SECRET_ID", "DATABASE_MIGRATE_URL": "PRODUCTOS_MIGRATE_SECRET_ID"}
 #: After a failed background read, wait this long (at most) before trying AWS again; the cached value is kept.
 _RETRY_AFTER_FAILURE = 30.0
 
@@ -56,13 +62,26 @@ class SecretsManagerSource:
         client: an aioboto3 ``secretsmanager`` client, opened once and shared.
         secret_id: the secret's name or ARN (``PRODUCTOS_SECRET_ID``).
         ttl: seconds a read stays fresh; new connections past it read again (``PRODUCTOS_SECRET_TTL``).
+        url_setting: the database URL its login yields or completes: ``DATABASE_URL``, with every other key a
+            setting; ``DATABASE_MIGRATE_URL`` (the owner's secret, ``PRODUCTOS_MIGRATE_SECRET_ID``), alone.
     """
 
     def __init__(
-        self, client: Any, secret_id: str, *, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic
+        self,
+        client: Any,
+        secret_id: str,
+        *,
+        ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        url_setting: str = "DATABASE_URL",
     ) -> None:
+        if url_setting not in _SETTING_OF:
+            raise ValueError(f"url_setting must be one of {sorted(_SETTING_OF)}")
+        self.url_setting = url_setting
+        #: The setting that names this secret, for messages.
+        self.setting = _SETTING_OF[url_setting]
         if not secret_id.strip():
-            raise ConfigurationError("PRODUCTOS_SECRET_ID is empty: set it to the secret's name or ARN")
+            raise ConfigurationError(f"{self.setting} is empty: set it to the secret's name or ARN")
         if ttl <= 0:
             raise ConfigurationError("PRODUCTOS_SECRET_TTL must be positive (seconds)")
         self._client = client
@@ -155,15 +174,15 @@ class SecretsManagerSource:
             if code == "ResourceNotFoundException":
                 what = "secret" if stage == CURRENT else f"{stage} version of the secret"
                 raise ConfigurationError(
-                    f"the {what} {self.secret_id} (PRODUCTOS_SECRET_ID) does not exist in this account and "
-                    "region: create it, or set PRODUCTOS_SECRET_ID to its name or ARN and AWS_REGION to its "
+                    f"the {what} {self.secret_id} ({self.setting}) does not exist in this account and "
+                    f"region: create it, or set {self.setting} to its name or ARN and AWS_REGION to its "
                     "region"
                 ) from exc
             if code == "InvalidRequestException":
                 raise ConfigurationError(
-                    f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) cannot be read now "
+                    f"the secret {self.secret_id} ({self.setting}) cannot be read now "
                     "(InvalidRequestException"
-                    "; is it scheduled for deletion?): restore it or point PRODUCTOS_SECRET_ID at another "
+                    f"; is it scheduled for deletion?): restore it or point {self.setting} at another "
                     "secret"
                 ) from exc
             raise self._failure(exc) from exc
@@ -172,7 +191,7 @@ class SecretsManagerSource:
         secret = response.get("SecretString")
         if secret is None:
             raise ConfigurationError(
-                f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) holds SecretBinary; store a JSON object "
+                f"the secret {self.secret_id} ({self.setting}) holds SecretBinary; store a JSON object "
                 "as "
                 "SecretString instead"
             )
@@ -182,7 +201,7 @@ class SecretsManagerSource:
         return describe_aws_failure(
             exc,
             what=f"the secret {self.secret_id}",
-            setting="PRODUCTOS_SECRET_ID",
+            setting=self.setting,
             permission="secretsmanager:GetSecretValue",
         )
 
@@ -192,7 +211,7 @@ class SecretsManagerSource:
         except json.JSONDecodeError as exc:
             # ``from None``: the decoder's exception holds the document, i.e. the secret.
             raise ConfigurationError(
-                f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) is not valid JSON (error at line "
+                f"the secret {self.secret_id} ({self.setting}) is not valid JSON (error at line "
                 f"{exc.lineno} "
                 f"column {exc.colno}): store a JSON object, such as "
                 '{"DATABASE_URL": "postgresql://..."} or an RDS secret '
@@ -201,25 +220,28 @@ class SecretsManagerSource:
             ) from None
         if not isinstance(value, dict):
             raise ConfigurationError(
-                f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) is JSON but not an object "
+                f"the secret {self.secret_id} ({self.setting}) is JSON but not an object "
                 f"({type(value).__name__}); store an object whose keys are settings, such as "
                 '{"DATABASE_URL": "postgresql://..."}'
             )
         return value
 
     def settings_from(self, secret: Mapping[str, Any]) -> dict[str, SettingValue]:
-        """The settings a secret holds, by environment name."""
+        """The settings a secret holds, by environment name: all its keys; for the owner's secret, its
+        ``DATABASE_MIGRATE_URL`` alone."""
         label = self.label
         values = {key.upper(): SettingValue(value, label) for key, value in secret.items() if key not in _RDS_KEYS}
-        if "password" in secret and "DATABASE_URL" not in values:
-            values["DATABASE_URL"] = SettingValue(self._rds_url(secret), label)
+        if self.url_setting != "DATABASE_URL":
+            values = {key: value for key, value in values.items() if key == self.url_setting}
+        if "password" in secret and self.url_setting not in values:
+            values[self.url_setting] = SettingValue(self._rds_url(secret), label)
         return values
 
     def _rds_url(self, secret: Mapping[str, Any]) -> str | DatabaseCredentials:
         engine = str(secret.get("engine") or "postgres").lower()
         if engine not in _POSTGRES_ENGINES:
             raise ConfigurationError(
-                f"the secret {self.secret_id} (PRODUCTOS_SECRET_ID) is for the {engine!r} engine; productos "
+                f"the secret {self.secret_id} ({self.setting}) is for the {engine!r} engine; productos "
                 "needs "
                 "a PostgreSQL database (engine postgres)"
             )
@@ -227,7 +249,8 @@ class SecretsManagerSource:
         assert credentials is not None  # "password" in secret
         host = secret.get("host")
         if not host:
-            # An RDS-managed master user secret: credentials only. They complete a lower DATABASE_URL.
+            # An RDS-managed master user secret: credentials only. They complete a lower DATABASE_URL (or
+            # DATABASE_MIGRATE_URL).
             return credentials
         host = str(host)
         if ":" in host and not host.startswith("["):
@@ -238,14 +261,14 @@ class SecretsManagerSource:
         return f"postgresql://{user}:{password}@{host}:{secret.get('port') or 5432}/{dbname}"
 
 
-def credentials_from(secret: Mapping[str, Any]) -> DatabaseCredentials | None:
+def credentials_from(secret: Mapping[str, Any], url_key: str = "DATABASE_URL") -> DatabaseCredentials | None:
     """The database login a secret holds: RDS ``username``/``password``, or the user and password of its
-    ``DATABASE_URL``; ``None`` when it holds neither."""
+    ``url_key`` (``DATABASE_URL``); ``None`` when it holds neither."""
     if "password" in secret:
         user = secret.get("username")
         return DatabaseCredentials(password=str(secret["password"]), user=str(user) if user else None)
     for key, value in secret.items():
-        if key.upper() == "DATABASE_URL" and isinstance(value, str):
+        if key.upper() == url_key and isinstance(value, str):
             from sqlalchemy.engine import make_url
             from sqlalchemy.exc import ArgumentError
 
@@ -273,11 +296,11 @@ class SecretDatabaseCredentials:
         self.source = source
 
     async def get(self) -> DatabaseCredentials:
-        credentials = credentials_from(await self.source.current())
+        credentials = credentials_from(await self.source.current(), self.source.url_setting)
         if credentials is None:
             raise ConfigurationError(
-                f"the secret {self.source.secret_id} (PRODUCTOS_SECRET_ID) no longer holds a password or "
-                "DATABASE_URL; restore its username and password keys"
+                f"the secret {self.source.secret_id} ({self.source.setting}) no longer holds a password or "
+                f"{self.source.url_setting}; restore its username and password keys"
             )
         return credentials
 
@@ -290,7 +313,7 @@ class SecretDatabaseCredentials:
         )
         candidates: list[DatabaseCredentials] = []
         for secret in (current, pending, previous):
-            credentials = credentials_from(secret) if secret is not None else None
+            credentials = credentials_from(secret, self.source.url_setting) if secret is not None else None
             if credentials is not None and credentials != failed and credentials not in candidates:
                 candidates.append(credentials)
         logger.info(
@@ -301,10 +324,12 @@ class SecretDatabaseCredentials:
         return [*candidates, failed]
 
 
-def supplies_login(secret: Mapping[str, Any], *, user: str | None, password: str | None) -> bool:
-    """Whether ``DATABASE_URL``'s login (``user``, ``password``) is the one ``secret`` holds, so that new
-    connections must follow the secret's rotations."""
-    credentials = credentials_from(secret)
+def supplies_login(
+    secret: Mapping[str, Any], *, user: str | None, password: str | None, url_key: str = "DATABASE_URL"
+) -> bool:
+    """Whether a database URL's login (``user``, ``password``) is the one ``secret`` holds, so that new
+    connections must follow the secret's rotations (``url_key``: the secret's own key for that URL)."""
+    credentials = credentials_from(secret, url_key)
     if credentials is None or password is None or credentials.password != password:
         return False
     return credentials.user is None or user is None or credentials.user == user

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from productos.domain.errors import DatabaseUnavailableError
+from productos.infra.db.replica import note_write
 from productos.infra.db.uow import UnitOfWorkBase, domain_error
 
 __all__ = [
@@ -197,11 +198,23 @@ class DriverUnitOfWorkBase(UnitOfWorkBase[DriverConnection]):
     ones (a unit that runs a single write statement, atomic by itself), run each statement on its own: one
     round trip, where a transaction adds a BEGIN and a COMMIT. Behind a transaction-mode pooler
     (``DB_POOLER=transaction``) they too run in a transaction, committed at their end. Leaving a transactional
-    unit without ``commit()`` rolls back.
+    unit without ``commit()`` rolls back. With a replica, a read-only unit that cannot check a connection out of
+    it reads from the primary; a statement that fails later fails the unit (``SqlUnitOfWork`` runs it again on
+    the primary instead).
     """
 
     async def __aenter__(self) -> Self:
-        conn = await DriverConnection.checkout(self._engine, timeout=self._acquire_timeout)
+        conn = None
+        replica = self._replica
+        if replica is not None and replica.should_read():
+            try:
+                conn = await DriverConnection.checkout(replica.engine, timeout=self._acquire_timeout)
+            except DatabaseUnavailableError as exc:
+                self._replica_failed(replica, exc)
+        if conn is None:
+            conn = await DriverConnection.checkout(self._engine, timeout=self._acquire_timeout)
+        if self._autocommit_writes:
+            note_write()
         if self._begins:
             try:
                 await conn.execute(_BEGIN)
@@ -232,6 +245,9 @@ class DriverUnitOfWorkBase(UnitOfWorkBase[DriverConnection]):
         assert self._conn is not None, "commit() outside 'async with'"
         if not self._conn.in_transaction():
             return
+        if self._transactional:
+            # Before the COMMIT: should its answer be lost, the write may have happened all the same.
+            note_write()
         # PostgreSQL answers COMMIT in a transaction that a failed statement aborted with ROLLBACK, no error.
         if await self._conn.execute("COMMIT") != "COMMIT":
             raise RuntimeError("nothing was committed: a statement of this unit of work failed earlier")

@@ -26,7 +26,7 @@ from sqlalchemy.pool import StaticPool
 
 from productos.domain.errors import ConfigurationError
 from productos.domain.settings_ports import DatabaseCredentials, DatabaseCredentialsProvider
-from productos.infra.db.pool import close_without_waiting, install_idle_pre_ping
+from productos.infra.db.pool import FairAsyncQueuePool, close_without_waiting, install_idle_pre_ping
 from productos.infra.db.url import DatabaseTarget, parse_database_url
 from productos.settings import Settings
 
@@ -266,6 +266,9 @@ def _postgres_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:
         # checkout costs no extra round trip.
         pool_pre_ping=False,
         pool_use_lifo=True,
+        # Waiters for a connection are served first come first served (SQLAlchemy's queue lets newcomers take
+        # returned connections from them: see pool.FairAsyncQueue).
+        poolclass=FairAsyncQueuePool,
         isolation_level=POOL_ISOLATION,
         connect_args=connect_args,
         execution_options={POOLER_OPTION: settings.db_pooler},

@@ -39,6 +39,7 @@ is rendered into the SQL by SQLAlchemy's compiler, and one that must be pre-exec
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import weakref
 from collections import Counter, OrderedDict
@@ -59,8 +60,10 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import CacheKey
 from sqlalchemy.types import Float, Numeric, TypeDecorator, TypeEngine
 
+from productos.domain.errors import ConcurrentUpdateError, DatabaseUnavailableError, ProductosError
 from productos.infra.db.driver import DriverConnection, DriverUnitOfWorkBase, supports_driver_statements
-from productos.infra.db.uow import SqlAlchemyUnitOfWorkBase, UnitOfWorkBase, translate_db_errors
+from productos.infra.db.replica import ReadReplica, note_write
+from productos.infra.db.uow import SqlAlchemyUnitOfWorkBase, UnitOfWorkBase, error_sqlstate, translate_db_errors
 
 __all__ = [
     "DriverSqlConnection",
@@ -668,8 +671,15 @@ class SqlUnitOfWork(UnitOfWorkBase[SqlConnection]):
             def _bind(self, connection: SqlConnection) -> None:
                 self.pedidos = SqlPedidoRepository(connection)
 
-        factory = PedidosUnitOfWork.factory(engine, acquire_timeout=2.0)
+        factory = PedidosUnitOfWork.factory(engine, acquire_timeout=2.0, replica=runtime.replica)
         async with factory(read_only=True) as unit: ...
+
+    With a ``replica``, a read-only unit reads from it while it serves reads (``ReadReplica.should_read``). When
+    the replica fails the unit (no connection to be had, a connection lost mid-statement, a server shutting
+    down, a query cancelled by a conflict with recovery), the statement runs again on the primary, and so does the
+    rest of the unit: a read-only unit has written nothing that could be lost. The replica is then left alone
+    until its next sample finds it well. A statement that the replica's server cancelled at its
+    ``statement_timeout`` (SQLSTATE 57014) is not run again; one it never answered (the client's bound) is.
     """
 
     def __init__(
@@ -679,17 +689,38 @@ class SqlUnitOfWork(UnitOfWorkBase[SqlConnection]):
         read_only: bool = False,
         autocommit: bool = False,
         acquire_timeout: float | None = None,
+        replica: ReadReplica | None = None,
     ) -> None:
-        super().__init__(engine, read_only=read_only, autocommit=autocommit, acquire_timeout=acquire_timeout)
-        options = {"read_only": read_only, "autocommit": autocommit, "acquire_timeout": acquire_timeout}
+        super().__init__(
+            engine, read_only=read_only, autocommit=autocommit, acquire_timeout=acquire_timeout, replica=replica
+        )
+        self._options = {"read_only": read_only, "autocommit": autocommit, "acquire_timeout": acquire_timeout}
+        self._unit: _DriverUnit | _SqlAlchemyUnit | None = None
+        #: While the unit runs on the replica: the connection its repositories hold, which can move to the primary.
+        self._reads: _ReplicaReads | None = None
+
+    def _inner(self, engine: AsyncEngine) -> _DriverUnit | _SqlAlchemyUnit:
         # SQLAlchemy renders a schema_translate_map at execution; the compiled statements here would not.
         if supports_driver_statements(engine) and not engine.get_execution_options().get("schema_translate_map"):
-            self._unit: _DriverUnit | _SqlAlchemyUnit = _DriverUnit(self, statement_cache(engine), engine, **options)
-        else:
-            self._unit = _SqlAlchemyUnit(self, engine, **options)
+            return _DriverUnit(self, statement_cache(engine), engine, **self._options)
+        return _SqlAlchemyUnit(self, engine, **self._options)
 
     async def __aenter__(self) -> Self:
-        unit = self._unit
+        replica = self._replica
+        if replica is not None and replica.should_read():
+            self._reads = _ReplicaReads(self)
+            try:
+                await self._enter(self._inner(replica.engine))
+            except DatabaseUnavailableError as exc:
+                self._reads = None
+                self._replica_failed(replica, exc)
+            else:
+                return self
+        await self._enter(self._inner(self._engine))
+        return self
+
+    async def _enter(self, unit: _DriverUnit | _SqlAlchemyUnit) -> None:
+        self._unit = unit
         try:
             await unit.__aenter__()
         except BaseException:
@@ -698,7 +729,6 @@ class SqlUnitOfWork(UnitOfWorkBase[SqlConnection]):
                 await unit.__aexit__(*sys.exc_info())
             self._conn = None
             raise
-        return self
 
     async def __aexit__(
         self,
@@ -706,20 +736,119 @@ class SqlUnitOfWork(UnitOfWorkBase[SqlConnection]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        unit, self._unit = self._unit, None
         try:
-            await self._unit.__aexit__(exc_type, exc, tb)
+            if unit is not None:
+                await unit.__aexit__(exc_type, exc, tb)
         finally:
             self._conn = None
+            self._reads = None
 
     async def commit(self) -> None:
+        assert self._unit is not None, "commit() outside 'async with'"
         await self._unit.commit()
 
     async def rollback(self) -> None:
+        assert self._unit is not None, "rollback() outside 'async with'"
         await self._unit.rollback()
 
     def _connect(self, connection: SqlConnection) -> None:
-        self._conn = connection
-        self._bind(connection)
+        reads = self._reads
+        if reads is None:
+            self._conn = connection
+            self._bind(connection)
+        elif reads.current is None:
+            # On the replica: the repositories get the connection that can move to the primary.
+            reads.current = connection
+            self._conn = reads
+            self._bind(reads)
+        else:
+            # Moved to the primary: the repositories keep the connection they hold, which now runs there.
+            reads.current = connection
+
+    async def _fail_over(self, error: ProductosError) -> bool:
+        """Move this read-only unit from the replica to the primary after ``error``; whether it did (so that the
+        failed statement runs again there). Errors of the primary itself, and statement timeouts, stay errors."""
+        reads, replica = self._reads, self._replica
+        if reads is None or reads.moved or replica is None:
+            return False
+        sqlstate = error_sqlstate(error)
+        if sqlstate == _QUERY_CANCELED:
+            return False
+        reads.moved = True
+        if isinstance(error, DatabaseUnavailableError) and sqlstate != _READ_ONLY_TRANSACTION:
+            replica.unreachable(error.reason)
+        left = self._unit
+        self._unit = None
+        if left is not None:
+            # Its connection failed: released (and invalidated when the failure left it unusable), never waited on.
+            with contextlib.suppress(ProductosError):
+                await left.__aexit__(type(error), error, error.__traceback__)
+        await self._enter(self._inner(self._engine))
+        if sqlstate == _READ_ONLY_TRANSACTION:
+            # The replica refused a write of this "read-only" unit; the primary takes it, as it would without one.
+            note_write()
+        return True
+
+
+#: query_canceled: the server cancelled the statement at ``statement_timeout`` (or a user asked it to).
+_QUERY_CANCELED = "57014"
+#: read_only_sql_transaction: a write statement on a standby.
+_READ_ONLY_TRANSACTION = "25006"
+
+
+class _ReplicaReads:
+    """``SqlConnection`` of a read-only unit on the replica: a statement that the replica fails to answer runs
+    again on the primary (``SqlUnitOfWork._fail_over``), as does everything after it."""
+
+    __slots__ = ("current", "moved", "unit")
+
+    def __init__(self, unit: SqlUnitOfWork) -> None:
+        self.unit = unit
+        self.current: SqlConnection | None = None
+        self.moved = False
+
+    def _connection(self) -> SqlConnection:
+        assert self.current is not None, "statement outside 'async with'"
+        return self.current
+
+    async def fetch_one(self, statement: Executable, params: Params | None = None) -> SqlRow | None:
+        try:
+            return await self._connection().fetch_one(statement, params)
+        except _REPLICA_FAILURES as exc:
+            if not await self.unit._fail_over(exc):
+                raise
+        return await self._connection().fetch_one(statement, params)
+
+    async def fetch_all(self, statement: Executable, params: Params | None = None) -> Sequence[SqlRow]:
+        try:
+            return await self._connection().fetch_all(statement, params)
+        except _REPLICA_FAILURES as exc:
+            if not await self.unit._fail_over(exc):
+                raise
+        return await self._connection().fetch_all(statement, params)
+
+    async def fetch_value(self, statement: Executable, params: Params | None = None) -> Any:
+        try:
+            return await self._connection().fetch_value(statement, params)
+        except _REPLICA_FAILURES as exc:
+            if not await self.unit._fail_over(exc):
+                raise
+        return await self._connection().fetch_value(statement, params)
+
+    async def execute(self, statement: Executable, params: Params | None = None) -> int:
+        try:
+            return await self._connection().execute(statement, params)
+        except _REPLICA_FAILURES as exc:
+            if not await self.unit._fail_over(exc):
+                raise
+        return await self._connection().execute(statement, params)
+
+
+#: What a replica may fail a read with, and the primary may not: it is unreachable or going away
+#: (``DatabaseUnavailableError``), or its replay cancelled the query (a conflict with recovery, SQLSTATE 40001,
+#: or a lock held by the replay past ``lock_timeout``: ``ConcurrentUpdateError``).
+_REPLICA_FAILURES = (DatabaseUnavailableError, ConcurrentUpdateError)
 
 
 class _DriverUnit(DriverUnitOfWorkBase):

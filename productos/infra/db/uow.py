@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from productos.domain.errors import ConcurrentUpdateError, ConflictError, DatabaseUnavailableError
 from productos.infra.db.engine import TRANSACTIONAL_ISOLATION, behind_pooler
+from productos.infra.db.replica import ReadReplica, note_write
 
 _UNAVAILABLE = "database unavailable"
 _CONCURRENT = "the resource is being changed by another request: retry"
@@ -79,6 +80,17 @@ def _is_connectivity_error(exc: BaseException, driver: BaseException) -> bool:
     return _sqlstate(driver).startswith(UNAVAILABLE_SQLSTATES)
 
 
+def error_sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of the driver's error behind ``exc`` (a domain error chains it), or ``""``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        state = _sqlstate(seen)
+        if state:
+            return state
+        seen = seen.orig if isinstance(seen, DBAPIError) and seen.orig is not None else seen.__cause__
+    return ""
+
+
 def domain_error(exc: Exception) -> Exception | None:
     """The domain error a driver or pool error means, with a message safe for clients; ``None`` when it is
     none of them (a bug: let it propagate as it is).
@@ -112,7 +124,12 @@ async def translate_db_errors() -> AsyncIterator[None]:
 
 
 class UnitOfWorkBase(Generic[ConnectionT]):
-    """What every unit of work on an engine holds: its options, and the connection its repositories use."""
+    """What every unit of work on an engine holds: its options, and the connection its repositories use.
+
+    With a ``replica`` (``DATABASE_READ_URL``: see ``productos.infra.db.replica``), a read-only unit reads from it
+    when it is connected, within ``DB_READ_MAX_LAG``, and nothing was written earlier in the request; otherwise,
+    and when checking a connection out of the replica fails, from ``engine``, the primary.
+    """
 
     def __init__(
         self,
@@ -121,9 +138,14 @@ class UnitOfWorkBase(Generic[ConnectionT]):
         read_only: bool = False,
         autocommit: bool = False,
         acquire_timeout: float | None = None,
+        replica: ReadReplica | None = None,
     ) -> None:
         self._engine = engine
         self._transactional = not (read_only or autocommit)
+        #: A unit that writes in autocommit: each statement is committed as it runs.
+        self._autocommit_writes = autocommit and not read_only
+        #: Where a read-only unit may read instead of ``engine``.
+        self._replica = replica if read_only else None
         #: Whether the unit runs in a transaction: writes always; every unit behind a transaction-mode pooler,
         #: where the session limits exist only inside one (``SET LOCAL``) and each statement of a unit would
         #: otherwise be free to reach another server connection. Such a unit, read-only or autocommit, commits
@@ -133,15 +155,29 @@ class UnitOfWorkBase(Generic[ConnectionT]):
         self._conn: ConnectionT | None = None
 
     @classmethod
-    def factory(cls, engine: AsyncEngine, *, acquire_timeout: float | None = None) -> EngineUnitOfWorkFactory[Self]:
+    def factory(
+        cls,
+        engine: AsyncEngine,
+        *,
+        acquire_timeout: float | None = None,
+        replica: ReadReplica | None = None,
+    ) -> EngineUnitOfWorkFactory[Self]:
         """A ``UnitOfWorkFactory`` of this class on ``engine``: ``factory(read_only=True)`` makes a unit.
 
         Args:
-            engine: the process' engine (``runtime.engine``).
+            engine: the process' engine (``runtime.engine``), the primary.
             acquire_timeout: bound, in seconds, on getting a usable connection (pool wait, pre-ping, login);
                 ``settings.db_pool_timeout`` is the runtime's.
+            replica: the read replica (``runtime.replica``, ``None`` without ``DATABASE_READ_URL``): the
+                factory's read-only units read from it while it is connected and within ``DB_READ_MAX_LAG``,
+                until the request writes.
         """
-        return EngineUnitOfWorkFactory(cls, engine, acquire_timeout=acquire_timeout)
+        return EngineUnitOfWorkFactory(cls, engine, acquire_timeout=acquire_timeout, replica=replica)
+
+    def _replica_failed(self, replica: ReadReplica, error: DatabaseUnavailableError) -> None:
+        """Checking a connection out of the replica failed: this unit reads from the primary, and so do the next
+        ones until a sample finds the replica again."""
+        replica.unreachable(error.reason)
 
     def _bind(self, connection: ConnectionT) -> None:
         """Create this unit's repositories on ``connection``."""
@@ -149,16 +185,30 @@ class UnitOfWorkBase(Generic[ConnectionT]):
 
 
 class EngineUnitOfWorkFactory(Generic[UnitT]):
-    """``UnitOfWorkFactory``: units of one class on one engine, with one acquisition deadline."""
+    """``UnitOfWorkFactory``: units of one class on one engine, with one acquisition deadline; with a ``replica``,
+    its read-only units read from the replica while it serves reads (``ReadReplica.should_read``)."""
 
-    __slots__ = ("acquire_timeout", "engine", "unit")
+    __slots__ = ("acquire_timeout", "engine", "replica", "unit")
 
-    def __init__(self, unit: type[UnitT], engine: AsyncEngine, *, acquire_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        unit: type[UnitT],
+        engine: AsyncEngine,
+        *,
+        acquire_timeout: float | None = None,
+        replica: ReadReplica | None = None,
+    ) -> None:
         self.unit = unit
         self.engine = engine
         self.acquire_timeout = acquire_timeout
+        self.replica = replica
 
     def __call__(self, *, read_only: bool = False, autocommit: bool = False) -> UnitT:
+        if read_only and self.replica is not None:
+            return self.unit(
+                self.engine, read_only=True, autocommit=autocommit, acquire_timeout=self.acquire_timeout,
+                replica=self.replica,
+            )  # fmt: skip
         return self.unit(self.engine, read_only=read_only, autocommit=autocommit, acquire_timeout=self.acquire_timeout)
 
 
@@ -168,14 +218,22 @@ class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):
     Subclasses bind their repositories to the connection in ``_bind``. Read-only and ``autocommit`` units (a
     single write statement, atomic by itself) run in the pool's autocommit: one round trip per statement; behind
     a transaction-mode pooler (``DB_POOLER=transaction``) in a transaction that they commit at their end.
-    Leaving a transactional unit without ``commit()`` rolls back.
+    Leaving a transactional unit without ``commit()`` rolls back. With a replica, a read-only unit that cannot
+    check a connection out of it reads from the primary; a statement that fails later fails the unit.
     """
 
     async def __aenter__(self) -> Self:
-        # One deadline over the pool wait, the pre-ping and a new connection's login: when the database hangs,
-        # a request fails with 503 after ``acquire_timeout`` instead of after each of those timeouts in turn.
-        async with translate_db_errors(), asyncio.timeout(self._acquire_timeout):
-            conn = await self._engine.connect()
+        conn = None
+        replica = self._replica
+        if replica is not None and replica.should_read():
+            try:
+                conn = await self._open_connection(replica.engine)
+            except DatabaseUnavailableError as exc:
+                self._replica_failed(replica, exc)
+        if conn is None:
+            conn = await self._open_connection(self._engine)
+        if self._autocommit_writes:
+            note_write()
         if self._transactional and conn.dialect.name == "sqlite":
             # The sqlite3 module's own transactions begin at the first write, so a unit's reads would run
             # outside them and two read-then-write units could both read the old row (SQLite has no
@@ -193,6 +251,12 @@ class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):
         self._conn = conn
         self._bind(conn)
         return self
+
+    async def _open_connection(self, engine: AsyncEngine) -> AsyncConnection:
+        # One deadline over the pool wait, the pre-ping and a new connection's login: when the database hangs,
+        # a request fails with 503 after ``acquire_timeout`` instead of after each of those timeouts in turn.
+        async with translate_db_errors(), asyncio.timeout(self._acquire_timeout):
+            return await engine.connect()
 
     async def __aexit__(
         self,
@@ -212,6 +276,9 @@ class SqlAlchemyUnitOfWorkBase(UnitOfWorkBase[AsyncConnection]):
 
     async def commit(self) -> None:
         assert self._conn is not None, "commit() outside 'async with'"
+        if self._transactional:
+            # Before the COMMIT: should its answer be lost, the write may have happened all the same.
+            note_write()
         async with translate_db_errors():
             await self._conn.commit()
 

@@ -43,8 +43,12 @@ class DatabaseTarget:
         return self.url.render_as_string(hide_password=True)
 
 
-def parse_database_url(raw: str) -> DatabaseTarget:
+def parse_database_url(raw: str, *, setting: str = "DATABASE_URL") -> DatabaseTarget:
     """Parse ``raw`` into a driver URL for asyncpg or aiosqlite.
+
+    Args:
+        raw: the URL as the user wrote it.
+        setting: the setting it comes from, named in error messages (``DATABASE_READ_URL``...).
 
     Raises:
         ConfigurationError: the URL is malformed or names an unsupported database. The message never
@@ -55,7 +59,7 @@ def parse_database_url(raw: str) -> DatabaseTarget:
     except (ArgumentError, ValueError):
         # `from None`: the driver's message would repeat the URL, password included.
         raise ConfigurationError(
-            "DATABASE_URL is not a valid URL; expected postgresql://user:password@host:5432/dbname "
+            f"{setting} is not a valid URL; expected postgresql://user:password@host:5432/dbname "
             "or sqlite:///path/to/file.db (URL-escape reserved characters such as @:/?#% in the password)"
         ) from None
     scheme = url.drivername
@@ -63,7 +67,7 @@ def parse_database_url(raw: str) -> DatabaseTarget:
         return DatabaseTarget(url.set(drivername="sqlite+aiosqlite"))
     if scheme not in _POSTGRES_SCHEMES:
         raise ConfigurationError(
-            f"DATABASE_URL uses the unsupported scheme {scheme!r}; use postgresql:// (or postgres://) or sqlite://"
+            f"{setting} uses the unsupported scheme {scheme!r}; use postgresql:// (or postgres://) or sqlite://"
         )
     query = dict(url.query)
     connect_args: dict[str, Any] = {}
@@ -72,7 +76,7 @@ def parse_database_url(raw: str) -> DatabaseTarget:
         if isinstance(sslmode, tuple):
             sslmode = sslmode[-1]
         if sslmode not in _SSLMODES:
-            raise ConfigurationError(f"DATABASE_URL has sslmode={sslmode!r}; use one of {sorted(_SSLMODES)}")
+            raise ConfigurationError(f"{setting} has sslmode={sslmode!r}; use one of {sorted(_SSLMODES)}")
         connect_args["ssl"] = _ssl_argument(sslmode, query.get("sslrootcert"))
     if "application_name" in query:
         connect_args["server_settings"] = {"application_name": str(query["application_name"])}

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from productos.db import ReadReplica
 from productos.domain import UnitOfWorkFactory
 from productos.migrations import Migrations
 from productos.runtime import Runtime, create_service
@@ -26,7 +27,7 @@ MIGRATIONS = Migrations("productos.services.productos:migrations")
 
 
 def unit_of_work_factory(
-    engine: AsyncEngine, *, acquire_timeout: float | None = None
+    engine: AsyncEngine, *, acquire_timeout: float | None = None, replica: ReadReplica | None = None
 ) -> UnitOfWorkFactory[ProductosUnitOfWork]:
     """The products units of work on ``engine`` (statements on the pooled asyncpg connection for PostgreSQL,
     through SQLAlchemy on the embedded SQLite default).
@@ -34,13 +35,17 @@ def unit_of_work_factory(
     Args:
         engine: the process' engine.
         acquire_timeout: bound, in seconds, on getting a usable connection (pool wait, pre-ping, login).
+        replica: the read replica (``runtime.replica``): read-only units (``GET /productos``,
+            ``GET /productos/{id}``) read from it while it serves reads.
     """
-    return SqlProductosUnitOfWork.factory(engine, acquire_timeout=acquire_timeout)
+    return SqlProductosUnitOfWork.factory(engine, acquire_timeout=acquire_timeout, replica=replica)
 
 
 def productos_state(runtime: Runtime) -> dict[str, Any]:
     """The service's objects on ``runtime``, for the app's lifespan state."""
-    units = unit_of_work_factory(runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout)
+    units = unit_of_work_factory(
+        runtime.engine, acquire_timeout=runtime.settings.db_pool_timeout, replica=runtime.replica
+    )
     return {SERVICE_STATE_KEY: ProductoService(units)}
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from productos.services.productos.domain import (
     DESCRIPCION_MAX_LENGTH,
@@ -18,11 +18,32 @@ from productos.services.productos.domain import (
     ProductoPatch,
 )
 
-Nombre = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NOMBRE_MAX_LENGTH)]
-Descripcion = Annotated[str, StringConstraints(max_length=DESCRIPCION_MAX_LENGTH)]
+# The OpenAPI schemas say what the domain checks beyond the validators' own constraints (clients and schemathesis
+# generate from them): no NUL (PostgreSQL text cannot hold it), a nombre that is not blank, a precio to the cent.
+Nombre = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=NOMBRE_MAX_LENGTH),
+    Field(json_schema_extra={"pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"}),
+]
+Descripcion = Annotated[
+    str,
+    StringConstraints(max_length=DESCRIPCION_MAX_LENGTH),
+    Field(json_schema_extra={"pattern": "^[^\\u0000]*$"}),
+]
 Precio = Annotated[
     Decimal,
-    Field(gt=0, le=PRECIO_MAX, max_digits=10, decimal_places=2, allow_inf_nan=False, examples=[19.99]),
+    Field(gt=0, le=PRECIO_MAX, max_digits=10, decimal_places=2, allow_inf_nan=False),
+    # A JSON number exact to the cent (the contract; a numeric string is accepted too, undocumented).
+    WithJsonSchema(
+        {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": float(PRECIO_MAX),
+            "multipleOf": 0.01,
+            "examples": [19.99],
+        },
+        mode="validation",
+    ),
 ]
 
 
@@ -33,7 +54,24 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-Stock = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=STOCK_MAX)]
+# The bounds before the validator, which wraps them: after it, pydantic documents them as "ge"/"le", keys that
+# JSON Schema does not know (clients and schemathesis saw no bounds).
+Stock = Annotated[int, Field(ge=0, le=STOCK_MAX), BeforeValidator(_not_bool)]
+
+
+def _absent_or_value(schema: dict[str, Any]) -> None:
+    """Document an optional field without its ``null``, which the domain refuses (422).
+
+    ``SkipJsonSchema[None]`` would say so too, but makes the field a union whose 422s name the member
+    (``["body", "nombre", "constrained-str"]``).
+    """
+    if schema.get("default", ...) is None:
+        del schema["default"]  # absent means unchanged, not null
+    variants = [variant for variant in schema.pop("anyOf", ()) if variant != {"type": "null"}]
+    if len(variants) == 1:
+        schema.update(variants[0])
+    elif variants:
+        schema["anyOf"] = variants
 
 
 class ProductoIn(BaseModel):
@@ -55,10 +93,11 @@ class ProductoPatchIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    nombre: Nombre | None = None
+    # Absent: unchanged. null is refused (422) but for descripcion, which it clears.
+    nombre: Nombre | None = Field(None, json_schema_extra=_absent_or_value)
     descripcion: Descripcion | None = None
-    precio: Precio | None = None
-    stock: Stock | None = None
+    precio: Precio | None = Field(None, json_schema_extra=_absent_or_value)
+    stock: Stock | None = Field(None, json_schema_extra=_absent_or_value)
 
     def to_domain(self) -> ProductoPatch:
         return ProductoPatch(self.model_dump(exclude_unset=True))

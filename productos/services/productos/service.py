@@ -22,7 +22,9 @@ class ProductoService:
     """Create, read, update and delete products; every write is one unit of work.
 
     Each write is a single atomic statement (the repository's contract), so its unit of work runs in
-    ``autocommit``: one round trip, not BEGIN, the statement and COMMIT.
+    ``autocommit``: one round trip, not BEGIN, the statement and COMMIT. Reads (``get``, ``list``) are read-only
+    units: with a read replica in the factory (``DATABASE_READ_URL``) they read from it, unless the request has
+    written before them (read-your-writes).
     """
 
     def __init__(self, uow_factory: UnitOfWorkFactory[ProductosUnitOfWork]) -> None:
