@@ -3,8 +3,14 @@
 Starts productos (gunicorn, 2 workers) on a seeded scratch database, drives one endpoint with wrk, and records
 every worker with ``py-spy record --nonblocking`` meanwhile (no pauses: the profile barely slows the worker).
 Writes each worker's collapsed stacks (``<stem>-<scenario>-<pid>.txt``, for flamegraph.pl or speedscope) and a
-summary, ``<stem>-<scenario>.md``: share of samples per layer (inclusive) and the hottest functions.
-py-spy samples only threads that are running, so the shares are of the workers' CPU time.
+summary, ``<stem>-<scenario>.md``: share of samples per layer (inclusive) and the hottest functions;
+``--flamegraph`` also records one worker as an SVG flame graph (``<stem>.svg``).
+
+py-spy samples threads that are runnable, not only those on a CPU: on a loaded machine, the wait for a CPU after
+a system call (a socket write wakes the database or wrk, which may take the CPU) lands on the frame that made the
+call, as self time of asyncpg's ``_do_execute`` or uvicorn's ``send``. Read those frames' self time with care;
+``python -m bench.calls`` counts the Python calls of a request exactly, and bench.run's CPU per request is the
+time the workers really ran.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ def parse_collapsed(text: str) -> list[tuple[list[str], int]]:
 
 def summarize(stacks: list[tuple[list[str], int]], top: int = 25) -> str:
     total = sum(count for _, count in stacks) or 1
-    lines = [f"{total} samples (CPU-busy samples of the workers; idle time in epoll is not sampled)", ""]
+    lines = [f"{total} samples of the workers while runnable (not idle in epoll; see the module docstring)", ""]
     lines += ["| layer (inclusive) | share of samples |", "|---|---|"]
     for name, pattern in LAYERS.items():
         regex = re.compile(pattern)
@@ -110,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--productos-env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--tag", default="profile")
+    parser.add_argument(
+        "--flamegraph", action="store_true", help="then record one worker again, as an SVG flame graph (<stem>.svg)"
+    )
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
@@ -141,6 +150,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for pid, recorder in recorders.items():
             _, err = recorder.communicate(timeout=args.duration + 60)
             if recorder.returncode != 0:
+                raise RuntimeError(f"py-spy failed on {pid}: {err.decode(errors='replace')}")
+        if args.flamegraph:
+            # py-spy writes one format per recording: a second window of the same load, one worker, as an SVG.
+            pid = server.worker_pids()[0]
+            svg = args.out / f"{stem}.svg"
+            grapher = subprocess.Popen(
+                [py_spy, "record", "--pid", str(pid), "--duration", str(args.duration), "--rate", str(args.rate),
+                 "--nonblocking", "--format", "flamegraph", "--output", str(svg)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            time.sleep(0.5)
+            run_wrk(server.base_url, scenario, args.connections, args.duration)
+            _, err = grapher.communicate(timeout=args.duration + 60)
+            if grapher.returncode != 0:
                 raise RuntimeError(f"py-spy failed on {pid}: {err.decode(errors='replace')}")
     stacks = []
     for pid in recorders:

@@ -88,10 +88,10 @@ def test_the_default_budget_is_what_the_server_allows(tmp_path: Path, migrated_u
     available = max_connections - reserved
     server = f"budget {available} = max_connections {max_connections} - {reserved} reserved"
 
-    # The library's default pools (10 + 20 per worker) on ten instances: far over what one server allows.
+    # The library's default pools (4 + 4 per worker) on ten instances: over what one server allows.
     status, _, budget = check(tmp_path, migrated_url, WORKERS="2", PRODUCTOS_ASG_MAX_SIZE="10")
     assert status == 1 and not budget["ok"]
-    assert "10 instances x 2 workers x 30 connections = 600" in budget["detail"] and server in budget["detail"]
+    assert "10 instances x 2 workers x 8 connections = 160" in budget["detail"] and server in budget["detail"]
     assert budget["hint"].startswith(f"DB_POOL_SIZE={available // 20} with DB_MAX_OVERFLOW=0 fits")
 
     # No Auto Scaling group known: one server, which fits.

@@ -34,7 +34,7 @@ async def test_defaults(tmp_path: Path) -> None:
     settings = resolved.settings
     assert settings.database_url.get_secret_value() == DEFAULT_DATABASE_URL
     assert (settings.app_host, settings.app_port, settings.log_level) == ("0.0.0.0", 8000, "info")
-    assert (settings.db_pool_size, settings.db_max_overflow, settings.db_pool_recycle) == (10, 20, 3600)
+    assert (settings.db_pool_size, settings.db_max_overflow, settings.db_pool_recycle) == (4, 4, 3600)
     assert settings.is_sqlite and settings.should_migrate_on_start
     assert set(resolved.sources) == set(Settings.model_fields)
     assert set(resolved.sources.values()) == {"default"}

@@ -9,11 +9,10 @@ import logging
 import time
 import zlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,6 +20,11 @@ from productos.domain.errors import DatabaseUnavailableError
 from productos.infra.db.engine import transactional
 from productos.infra.db.roles import RowRole, RowRoleReport, advisory_lock, grant_row_role
 from productos.infra.db.uow import domain_error
+
+if TYPE_CHECKING:
+    # Alembic is imported when migrations run, not with the service: a worker that never migrates
+    # (PostgreSQL, where `productos migrate` does) does not load it (bench/README.md, memory).
+    from alembic.config import Config
 
 __all__ = ["Migrations", "alembic_config", "run_migrations", "upgrade_to_head", "wait_for_database"]
 
@@ -70,6 +74,8 @@ def run_migrations(target_metadata: MetaData | None = None) -> None:
 
 def alembic_config(script_location: str, version_table: str = "alembic_version") -> Config:
     """An Alembic config that needs no alembic.ini: works after a non-editable ``pip install``."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", script_location)
     config.attributes["version_table"] = version_table
@@ -109,6 +115,8 @@ async def upgrade_to_head(
 
     def run(connection: Connection) -> None:
         config.attributes["connection"] = connection
+        from alembic import command
+
         command.upgrade(config, "head")
 
     if engine.dialect.name == "sqlite":
