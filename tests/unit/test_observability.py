@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -28,7 +27,6 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from productos.http.middleware import TrustedProxyHeadersMiddleware
-from productos.observability import middleware
 from productos.observability.db import operation_name
 from productos.observability.logging import JsonFormatter, logging_config, set_xray_trace_ids
 from productos.observability.metrics import Metrics
@@ -446,22 +444,41 @@ def test_batched_metrics_write_what_immediate_ones_do() -> None:
     assert samples(batched) == pytest.approx(samples(immediate))
 
 
-def _child_request_ids(queue: Any) -> None:
-    queue.put([middleware._request_id(None, None) for _ in range(3)])
+#: Forks two children, as gunicorn's master forks its workers, and prints the request ids the parent and each child
+#: make. In a fresh interpreter: like gunicorn's master, it has no OpenTelemetry TracerProvider, whose at-fork hook
+#: (opentelemetry-sdk 1.45) re-detects resources in the child through a thread pool and can hang a child forked from
+#: a process that ran other tests' apps.
+_FORKING_PARENT = """
+import json, os, sys
+from productos.observability import middleware
+
+ids = [middleware._request_id(None, None) for _ in range(1000)]
+children = []
+for _ in range(2):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, json.dumps([middleware._request_id(None, None) for _ in range(3)]).encode())
+        os._exit(0)
+    os.close(write)
+    children.append((pid, read))
+forked = []
+for pid, read in children:
+    with os.fdopen(read, "rb") as pipe:
+        forked.append(json.loads(pipe.read()))
+    os.waitpid(pid, 0)
+print(json.dumps({"parent": ids, "children": forked}))
+"""
 
 
 def test_new_request_ids_are_128_bit_hex_and_differ_between_forked_workers() -> None:
-    ids = [middleware._request_id(None, None) for _ in range(1000)]
+    run = subprocess.run([sys.executable, "-c", _FORKING_PARENT], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    ids, (first, second) = result["parent"], result["children"]
     assert len(set(ids)) == 1000
     assert all(len(value) == 32 and int(value, 16) >= 0 for value in ids)
-    fork = multiprocessing.get_context("fork")  # as gunicorn makes its workers
-    queue = fork.Queue()
-    children = [fork.Process(target=_child_request_ids, args=(queue,)) for _ in range(2)]
-    for child in children:
-        child.start()
-    first, second = queue.get(timeout=10), queue.get(timeout=10)
-    for child in children:
-        child.join(timeout=10)
     assert not set(first) & set(second)
     assert not set(first) & set(ids)
 
