@@ -9,7 +9,6 @@ The access line's ``client.address`` and ``url.scheme`` are what the route sees 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +20,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, FastAPI, Request
 
 from productos import Settings, create_service
-from productos.observability.logging import JsonFormatter
 from tests.integration.tcp_proxy import free_port
+from tests.log_lines import JsonLines
 
 router = APIRouter()
 
@@ -37,21 +36,9 @@ def make_app(database_url: str, trusted_proxies: str) -> FastAPI:
     return create_service(title="direcciones", routers=[router], settings=settings)
 
 
-class AccessLines(logging.Handler):
-    """The service's access lines, formatted as its JSON lines are."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
 @pytest.fixture
-def access() -> Iterator[AccessLines]:
-    collector = AccessLines()
+def access() -> Iterator[JsonLines]:
+    collector = JsonLines()
     logging.getLogger("productos.access").addHandler(collector)
     try:
         yield collector
@@ -70,7 +57,7 @@ def access() -> Iterator[AccessLines]:
     ],
 )
 async def test_the_access_line_names_the_client_the_trusted_proxy_forwards_for(
-    sqlite_url: str, access: AccessLines, trusted: str, peer: str, client: str, scheme: str
+    sqlite_url: str, access: JsonLines, trusted: str, peer: str, client: str, scheme: str
 ) -> None:
     app = make_app(sqlite_url, trusted)
     headers = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9", "X-Forwarded-Proto": "https", "X-Request-ID": "who"}
@@ -85,7 +72,7 @@ async def test_the_access_line_names_the_client_the_trusted_proxy_forwards_for(
 
 @pytest.mark.parametrize(("trusted", "client"), [("127.0.0.1", "203.0.113.9"), ("10.0.0.0/8", "127.0.0.1")])
 async def test_under_plain_uvicorn_the_app_applies_the_setting(
-    sqlite_url: str, access: AccessLines, trusted: str, client: str
+    sqlite_url: str, access: JsonLines, trusted: str, client: str
 ) -> None:
     """A real uvicorn server whose own proxy-headers handling is off: what the app does alone."""
     port = free_port()

@@ -27,11 +27,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from starlette.types import Receive, Scope, Send
 
 from productos import Settings, create_service
-from productos.observability.logging import JsonFormatter
 from productos.observability.metrics import Metrics
 from productos.observability.telemetry import Telemetry
 from productos.observability.tracing import Tracing
 from tests.integration.tcp_proxy import free_port
+from tests.log_lines import JsonLines
 
 DURATION_COUNT = "http_server_request_duration_seconds_count"
 INTERNAL_ERROR = {"detail": "internal server error"}
@@ -57,16 +57,8 @@ def make_app(database_url: str) -> FastAPI:
     return create_service(title="errores", routers=[router], settings=Settings(database_url=database_url))
 
 
-class Lines(logging.Handler):
-    """The JSON lines the service writes, formatted as they are emitted (in the request's context)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
+class Lines(JsonLines):
+    """The JSON lines the service writes, with its errors apart."""
 
     def errors(self) -> list[dict[str, Any]]:
         return [line for line in self.lines if line["level"] == "error"]

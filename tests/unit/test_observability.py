@@ -34,6 +34,7 @@ from productos.observability.middleware import RequestContextMiddleware
 from productos.observability.telemetry import Telemetry, build_telemetry, exporter_kind
 from productos.observability.tracing import Tracing, create_tracing
 from productos.settings import Settings
+from tests.log_lines import JsonLines
 
 ROUTE = "/items/{item_id}"
 DURATION = "http_server_request_duration_seconds"
@@ -50,21 +51,9 @@ def http_labels(status: int, error_type: str = "", scheme: str = "http") -> dict
     }
 
 
-class LineCollector(logging.Handler):
-    """Formats each record as it is emitted (in the request's context), like the stdout handler does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
 @pytest.fixture
 def access_lines() -> Iterator[list[dict[str, Any]]]:
-    collector = LineCollector()
+    collector = JsonLines()
     logger = logging.getLogger("productos.access")
     previous = logger.level
     logger.addHandler(collector)
