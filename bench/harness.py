@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from productos.settings import Settings
+
 if TYPE_CHECKING:
     from productos.testing import PgBouncer
 
@@ -131,15 +133,37 @@ def _keyset(prefix: str = "/productos") -> tuple[tuple[Scenario, ...], tuple[Sce
     return small, deep
 
 
+#: Every contender's pool per worker, (size, overflow): productos' defaults, so (a) runs as shipped and every
+#: other contender gets the same bounds (asyncpg pools: min size, max size + overflow; SQLAlchemy pools: the same
+#: size and overflow). ``bench.run --pool SIZE+OVERFLOW`` sets another.
+DEFAULT_POOL = (
+    int(Settings.model_fields["db_pool_size"].default),
+    int(Settings.model_fields["db_max_overflow"].default),
+)
+
+
+def pool_env(pool: tuple[int, int]) -> dict[str, str]:
+    """The environment that sets ``pool`` for every kind of contender."""
+    size, overflow = pool
+    return {
+        "DB_POOL_SIZE": str(size),
+        "DB_MAX_OVERFLOW": str(overflow),
+        "BENCH_POOL_MIN": str(size),
+        "BENCH_POOL_MAX": str(size + overflow),
+    }
+
+
 #: The stop between sessions needs no drain (no balancer to move): it would only add its seconds to each stop.
 _NO_DRAIN = {"PRODUCTOS_DRAIN_SECONDS": "0"}
 
 
-def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Contender]:
+def contenders(
+    productos_env: Mapping[str, str] | None = None, pool: tuple[int, int] = DEFAULT_POOL
+) -> dict[str, Contender]:
     """The contenders, by key: a..g (g: productos through PgBouncer), and p (pedidos, the second service on
-    productos)."""
+    productos), each with the pool ``pool`` per worker (``productos_env`` may still set productos' own)."""
     small, deep = _keyset()
-    return {
+    specs = {
         "a": Contender(
             "a", "productos", "productos itself: productos.main:app with its tuned gunicorn config",
             "productos.main:app", ("-c", "python:productos.gunicorn_conf"), small, deep,
@@ -203,6 +227,7 @@ def contenders(productos_env: Mapping[str, str] | None = None) -> dict[str, Cont
             ready_path="/pedidos/1",
         ),
     }  # fmt: skip
+    return {key: dataclasses.replace(spec, env={**pool_env(pool), **spec.env}) for key, spec in specs.items()}
 
 
 def variant(base: Contender, spec: str) -> Contender:

@@ -157,7 +157,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"- {meta['rounds']} rounds, contenders alternated in each ({' '.join(meta['order'])}); "
         f"each figure is the median over rounds (req/s range in the JSON). wrk -t2, "
         f"{meta['duration_s']:g} s per measurement after a {meta['warmup_s']:g} s warm-up, "
-        f"at {' and '.join(f'c{c}' for c in connections)}.",
+        f"at {' and '.join(f'c{c}' for c in connections)}."
+        + (f" Every contender's pool per worker: {meta['pool']} (size + overflow)." if meta.get("pool") else ""),
         f"- Command: `{meta['command']}`; raw results `bench/results/{meta['stem']}.json`, "
         f"chart `bench/results/{meta['stem']}.png`.",
         "",

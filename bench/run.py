@@ -22,6 +22,7 @@ from bench import report, seed
 from bench.harness import (
     BENCH_DIR,
     DEEP_ROWS,
+    DEFAULT_POOL,
     SMALL_ROWS,
     Contender,
     Scenario,
@@ -40,6 +41,13 @@ def _env_pair(value: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
     return key, val
+
+
+def _pool(value: str) -> tuple[int, int]:
+    size, sep, overflow = value.partition("+")
+    if not sep or not size.isdigit() or not overflow.isdigit() or int(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected SIZE+OVERFLOW (4+4), got {value!r}")
+    return int(size), int(overflow)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -65,6 +73,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--productos-env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE",
         help="environment for productos (a) only, e.g. LOG_LEVEL=warning; repeatable",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool", type=_pool, default=DEFAULT_POOL, metavar="SIZE+OVERFLOW",
+        help=f"every contender's pool per worker (default productos' own: {DEFAULT_POOL[0]}+{DEFAULT_POOL[1]})",
     )  # fmt: skip
     parser.add_argument("--deep-rows", type=int, default=DEEP_ROWS, help="rows of the deep-page table")
     parser.add_argument(
@@ -175,7 +187,7 @@ def session(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    specs = contenders(dict(args.productos_env))
+    specs = contenders(dict(args.productos_env), args.pool)
     order = list(args.contenders)
     for spec in args.variant:
         derived = variant(specs["a"], spec)
@@ -196,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "connections": args.connections, "order": order,
             "small_rows": SMALL_ROWS, "deep_rows": args.deep_rows,
             "machine": machine_info(), "postgres": asyncio.run(seed.server_version()),
-            "productos_env": dict(args.productos_env), "workdir": str(workdir), "commands": {},
+            "productos_env": dict(args.productos_env), "pool": f"{args.pool[0]}+{args.pool[1]}",
+            "workdir": str(workdir), "commands": {},
             "productos_git": productos_git_state(),
             "contenders": {
                 k: {"name": specs[k].name, "description": specs[k].description, "app": specs[k].app}

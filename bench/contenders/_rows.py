@@ -13,8 +13,8 @@ INSERT = (
     "INSERT INTO productos (nombre, descripcion, precio, stock, version, created_at, updated_at) "
     f"VALUES ($1, $2, $3, $4, 1, now(), now()) RETURNING {COLUMNS}"
 )
-# Same pool bounds as productos' defaults (10 + 20 overflow); bench.pool_sizing sets others, for (c) on a pool
-# the size of productos' (BENCH_POOL_MIN connections opened at start, BENCH_POOL_MAX at most).
+# The pool's bounds per worker: bench.harness sets them to productos' pool (size, size + overflow) for every
+# contender (BENCH_POOL_MIN connections opened at start, BENCH_POOL_MAX at most); these are the guide's 10 + 20.
 POOL_MIN = int(os.environ.get("BENCH_POOL_MIN", "10"))
 POOL_MAX = int(os.environ.get("BENCH_POOL_MAX", "30"))
 

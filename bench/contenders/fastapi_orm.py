@@ -3,7 +3,8 @@
 Declarative model, one ``AsyncSession`` per request through a dependency, endpoints that return ORM objects
 through pydantic ``response_model``s, ``commit()`` + ``refresh()`` after an insert, ``skip``/``limit``
 (OFFSET) pagination as in FastAPI's SQL tutorial, and the architecture guide's pool settings
-(``pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=3600``).
+(``pool_pre_ping=True, pool_recycle=3600``; the pool's size and overflow are the benchmark's, the same for
+every contender: ``BENCH_POOL_MIN`` and ``BENCH_POOL_MAX``, the guide's 10 + 20 without them).
 
 ``gunicorn -w 2 -k uvicorn_worker.UvicornWorker bench.contenders.fastapi_orm:app``
 """
@@ -21,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import BigInteger, DateTime, Integer, Numeric, String, Text, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bench.contenders._rows import POOL_MAX, POOL_MIN
 
 
 def _now() -> datetime:
@@ -65,7 +68,9 @@ class ProductoOut(BaseModel):
 
 
 _url = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+asyncpg://", 1)
-engine = create_async_engine(_url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=3600)
+engine = create_async_engine(
+    _url, pool_size=POOL_MIN, max_overflow=POOL_MAX - POOL_MIN, pool_pre_ping=True, pool_recycle=3600
+)
 SessionLocal = async_sessionmaker(engine, expire_on_commit=False)
 
 

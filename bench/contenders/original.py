@@ -1,8 +1,8 @@
 """(e) The original products app's shape, rebuilt minimally: the app the architecture guide was written for.
 
 Sync SQLAlchemy (psycopg2) sessions from a ``get_db`` generator dependency, used inside ``async def``
-endpoints (so every query blocks the event loop), the guide's engine settings (``pool_size=10,
-max_overflow=20, pool_pre_ping=True, pool_recycle=3600``), ``db.query(...)`` and no pagination:
+endpoints (so every query blocks the event loop), the guide's engine settings (``pool_pre_ping=True,
+pool_recycle=3600``; size and overflow the benchmark's, as every contender's), ``db.query(...)`` and no pagination:
 ``GET /productos`` returns every row.
 
 ``gunicorn -w 2 -k uvicorn_worker.UvicornWorker bench.contenders.original:app``
@@ -19,11 +19,15 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import BigInteger, Column, DateTime, Integer, Numeric, String, Text, create_engine
 from sqlalchemy.orm import Session, declarative_base, sessionmaker
 
+from bench.contenders._rows import POOL_MAX, POOL_MIN
+
 # The original ran psycopg2 (SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3: name it).
 DATABASE_URL = os.environ["DATABASE_URL"].split("://", 1)[1]
 DATABASE_URL = f"postgresql+psycopg2://{DATABASE_URL}"
 
-engine = create_engine(DATABASE_URL, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=3600)
+engine = create_engine(
+    DATABASE_URL, pool_size=POOL_MIN, max_overflow=POOL_MAX - POOL_MIN, pool_pre_ping=True, pool_recycle=3600
+)
 SessionLocal = sessionmaker(autocommit=False, autoflush=False, bind=engine)
 Base = declarative_base()
 
