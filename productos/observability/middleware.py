@@ -26,7 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import Status, StatusCode, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from productos.observability.logging import request_id_var
+from productos.observability.logging import log_access, request_id_var
 from productos.observability.metrics import KNOWN_METHODS
 from productos.observability.telemetry import Telemetry
 from productos.observability.tracing import TRACE_HEADERS
@@ -145,7 +145,7 @@ class RequestContextMiddleware:
                     span.set_status(Status(StatusCode.ERROR))
                 # The span keeps its wall-clock start; its length is the one measurement above.
                 span.end(end_time=span.start_time + elapsed_ns)
-            if telemetry.access_log and access_logger.isEnabledFor(logging.INFO):
+            if telemetry.access_log:
                 fields = {
                     "http.request.method": method,
                     "http.route": route,
@@ -157,7 +157,8 @@ class RequestContextMiddleware:
                 }
                 if error_type is not None:
                     fields["error.type"] = error_type
-                access_logger.info("%s %s %d", method, route, status, extra=fields)
+                span_context = span.get_span_context() if span is not None else None
+                log_access(access_logger, f"{method} {route} {status}", fields, span_context)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status

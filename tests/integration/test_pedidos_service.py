@@ -76,7 +76,7 @@ def test_pedidos_crud_health_and_metrics_under_gunicorn(tmp_path: Path, env: dic
         assert "db_client_connection_max" in metrics
         assert "db_client_operation_duration_seconds" in metrics
     output = server.output()
-    assert '"logger": "productos.access"' in output and '"http.route": "/pedidos/{pedido_id}"' in output
+    assert '"logger":"productos.access"' in output and '"http.route":"/pedidos/{pedido_id}"' in output
 
 
 def test_pedidos_life_cycle_rules() -> None:

@@ -87,7 +87,7 @@ async def test_a_served_run_prints_no_secret(aws: Aws, scratch_database: str, tm
             assert (await client.get("/")).status_code == 200
         server.stop(40)
     served = server.output() + "\n".join(bodies)
-    assert '"message": "settings loaded"' in served  # debug logging was on: there was output to search
+    assert '"message":"settings loaded"' in served  # debug logging was on: there was output to search
     assert "API_KEY" in served  # the unknown key is named, its value is not
 
     check = run([sys.executable, "-m", "productos", "check"], tmp_path, env)

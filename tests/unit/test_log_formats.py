@@ -9,12 +9,17 @@ import os
 import pty
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from productos.observability.logging import (
     ConsoleFormatter,
     JsonFormatter,
+    configure_logging,
+    log_access,
     logging_config,
     request_id_var,
     resolve_log_format,
@@ -109,3 +114,93 @@ def test_a_service_on_a_terminal_prints_readable_lines_and_json_in_a_pipe(tmp_pa
     os.close(main)
     text = output.decode()
     assert "hello" in text and "http.route=/x" in text and not text.lstrip().startswith("{")
+
+
+# The access line ---------------------------------------------------------------------------------------------
+
+_ACCESS_FIELDS = {"http.request.method": "GET", "http.route": "/a/{id}", "http.response.status_code": 200}
+_SPAN = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, TraceFlags(1))
+
+
+@pytest.fixture
+def json_stdout(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
+    """configure_logging's JSON configuration, its stdout a buffer; logging's own state restored after."""
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8", write_through=True))
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging._srcfile, logging.logThreads, logging.logMultiprocessing)
+    configure_logging("info", "json")
+    yield raw
+    root.handlers[:], root.level = saved[0], saved[1]
+    logging._srcfile, logging.logThreads, logging.logMultiprocessing = saved[2:]
+
+
+def _only_configured_handler() -> None:
+    # pytest adds its log-capturing handler to the root logger for the test's body: a second handler, which
+    # would (rightly) send every line through logging.
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if isinstance(h.formatter, JsonFormatter | ConsoleFormatter)]
+
+
+def _lines(raw: io.BytesIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in raw.getvalue().decode().splitlines()]
+
+
+def test_the_access_line_written_directly_is_the_line_logging_writes(json_stdout: io.BytesIO) -> None:
+    _only_configured_handler()
+    logger = logging.getLogger("productos.access")
+    token = request_id_var.set("req-7")
+    try:
+        log_access(logger, "GET /a/{id} 200", dict(_ACCESS_FIELDS), _SPAN)
+        with trace.use_span(NonRecordingSpan(_SPAN)):
+            logger.info("GET /a/{id} 200", extra=dict(_ACCESS_FIELDS))
+    finally:
+        request_id_var.reset(token)
+    direct, through_logging = _lines(json_stdout)
+    assert direct.pop("time") and through_logging.pop("time")
+    assert list(direct.items()) == list(through_logging.items())  # the same fields, in the same order
+    assert direct["trace_id"] == "0af7651916cd43dd8448eb211c80319c" and direct["request_id"] == "req-7"
+
+
+def test_the_access_line_goes_through_logging_when_anything_else_would_see_it(json_stdout: io.BytesIO) -> None:
+    _only_configured_handler()
+    logger = logging.getLogger("productos.access")
+    seen: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = seen.append  # type: ignore[method-assign]
+    for where in (logger, logging.getLogger("productos")):
+        where.addHandler(collector)
+        try:
+            log_access(logger, "GET /a/{id} 200", dict(_ACCESS_FIELDS), _SPAN)
+        finally:
+            where.removeHandler(collector)
+    assert [record.getMessage() for record in seen] == ["GET /a/{id} 200"] * 2
+    assert seen[0].__dict__["http.route"] == "/a/{id}"
+    quiet = logging.Filter("nothing")
+    logger.addFilter(quiet)
+    try:
+        log_access(logger, "filtered out", dict(_ACCESS_FIELDS), _SPAN)
+    finally:
+        logger.removeFilter(quiet)
+    logging.getLogger().handlers[0].setFormatter(ConsoleFormatter(colour=False))
+    log_access(logger, "GET /a/{id} 200", dict(_ACCESS_FIELDS), _SPAN)
+    written = json_stdout.getvalue().decode().splitlines()
+    assert len(written) == 3 and "filtered out" not in json_stdout.getvalue().decode()
+    assert "http.route=/a/{id}" in written[-1] and not written[-1].startswith("{")
+
+
+def test_the_access_line_honours_the_level_and_a_broken_stream(
+    json_stdout: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _only_configured_handler()
+    logger = logging.getLogger("productos.access")
+    logging.getLogger().setLevel(logging.WARNING)
+    log_access(logger, "not at warning", dict(_ACCESS_FIELDS))
+    assert json_stdout.getvalue() == b""
+    logging.getLogger().setLevel(logging.INFO)
+    reported: list[logging.LogRecord] = []
+    handler = logging.getLogger().handlers[0]
+    monkeypatch.setattr(handler, "handleError", reported.append)
+    json_stdout.close()  # writes now raise ValueError, as on a stdout whose reader went away
+    log_access(logger, "GET /a/{id} 200", dict(_ACCESS_FIELDS))
+    assert [record.getMessage() for record in reported] == ["GET /a/{id} 200"]
