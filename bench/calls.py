@@ -3,8 +3,9 @@
 Wall-clock and CPU figures on this shared 2-core machine move by ±10 % between runs, more than most single changes
 to the request path are worth. The number of Python function calls a request makes does not move at all: it is
 the profile (cProfile) of one app, in a process of its own, driven in-process (ASGI calls, no sockets, no server;
-prometheus-client in multiprocess mode, as in a gunicorn worker, where productos batches its metrics)
-with ``GET /productos/1`` on a scratch database of 1,000 products. It leaves out what C code costs (asyncpg's
+prometheus-client in multiprocess mode, as in a gunicorn worker, where productos batches its metrics) with
+``GET /productos/1`` (``--request``: another, e.g. ``'POST /productos {"nombre":"x","precio":1}'``) on a scratch
+database of 1,000 products. It leaves out what C code costs (asyncpg's
 protocol, httptools, the kernel), so it says where the Python part of a request goes, not its time; bench.run
 measures the time.
 
@@ -35,6 +36,7 @@ from typing import Any
 from bench import seed
 from bench.harness import SMALL_ROWS
 
+DEFAULT_REQUEST = "GET /productos/1"
 DEFAULT_APPS = ("productos.main:app", "bench.contenders.fastapi_asyncpg:app")
 WARMUP = 300
 REQUESTS = 1_000
@@ -42,25 +44,36 @@ CPU_BATCHES = 5
 CPU_BATCH = 2_000
 
 
-def _scope(state: dict[str, Any]) -> dict[str, Any]:
+def _scope(state: dict[str, Any], request: str = DEFAULT_REQUEST) -> dict[str, Any]:
+    method, target, body = _parse_request(request)
+    path, _, query = target.partition("?")
+    headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"accept", b"*/*")]
+    if body:
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
-        "path": "/productos/1",
-        "raw_path": b"/productos/1",
-        "query_string": b"",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
         "root_path": "",
-        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"accept", b"*/*")],
+        "headers": headers,
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 8000),
         "state": dict(state),
     }
 
 
-def _count(spec: str, by: str, top: int, cpu: bool) -> dict[str, Any]:
+def _parse_request(request: str) -> tuple[str, str, bytes]:
+    """``METHOD TARGET [BODY]`` (``POST /productos {"nombre": ...}``)."""
+    method, target, *body = request.split(" ", 2)
+    return method, target, body[0].encode() if body else b""
+
+
+def _count(spec: str, by: str, top: int, cpu: bool, request: str = DEFAULT_REQUEST) -> dict[str, Any]:
     """In the child: profile ``REQUESTS`` requests to the app ``spec``."""
     import uvloop
     from asgi_lifespan import LifespanManager
@@ -68,28 +81,30 @@ def _count(spec: str, by: str, top: int, cpu: bool) -> dict[str, Any]:
     module, _, attribute = spec.partition(":")
     app = getattr(importlib.import_module(module), attribute)
 
+    body = _parse_request(request)[2]
+
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start" and message["status"] != 200:
+        if message["type"] == "http.response.start" and message["status"] not in (200, 201):
             raise RuntimeError(f"{spec} answered {message['status']}")
 
     async def run() -> pstats.Stats:
         async with LifespanManager(app) as manager:
             state = manager._state
             for _ in range(WARMUP):
-                await app(_scope(state), receive, send)
+                await app(_scope(state, request), receive, send)
             profile = cProfile.Profile()
             profile.enable()
             for _ in range(REQUESTS):
-                await app(_scope(state), receive, send)
+                await app(_scope(state, request), receive, send)
             profile.disable()
             best = 0.0
             for _ in range(CPU_BATCHES if cpu else 0):
                 started = time.process_time()
                 for _ in range(CPU_BATCH):
-                    await app(_scope(state), receive, send)
+                    await app(_scope(state, request), receive, send)
                 spent = (time.process_time() - started) / CPU_BATCH * 1e6
                 best = spent if not best else min(best, spent)
             return pstats.Stats(profile), best
@@ -111,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("apps", nargs="*", default=list(DEFAULT_APPS), metavar="APP")
     parser.add_argument("--top", type=int, default=0, help="also list the N places that make the most calls")
     parser.add_argument("--by", choices=("module", "function"), default="module")
+    parser.add_argument(
+        "--request", default=DEFAULT_REQUEST, help=f"METHOD TARGET [JSON BODY] (default {DEFAULT_REQUEST!r})"
+    )
     parser.add_argument("--cpu", action="store_true", help="also measure CPU µs per request, without the profiler")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -119,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         saved = os.dup(1)
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         try:
-            result = _count(args.child, args.by, args.top, args.cpu)
+            result = _count(args.child, args.by, args.top, args.cpu, args.request)
         finally:
             os.dup2(saved, 1)
         print(json.dumps(result))
@@ -132,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="productos-calls-metrics-")
             env.update(pair.split("=", 1) for pair in pairs.split(",") if pair)
             command = [sys.executable, "-m", "bench.calls", "--child", app, "--by", args.by, "--top", str(args.top)]
-            command += ["--cpu"] if args.cpu else []
+            command += ["--request", args.request, *(["--cpu"] if args.cpu else [])]
             child = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
             if child.returncode != 0:
                 print(child.stderr[-3000:], file=sys.stderr)
