@@ -14,24 +14,26 @@ The public modules, each with its ``__all__``:
 The products API, productos' reference service, is ``productos.services.productos`` (``productos.main:app``).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from productos.domain import (
-    ConcurrentUpdateError,
-    ConfigurationError,
-    ConflictError,
-    DatabaseUnavailableError,
-    DomainValidationError,
-    HealthProbe,
-    NotFoundError,
-    ProductosError,
-    StaleVersionError,
-    UnitOfWork,
-    UnitOfWorkFactory,
-)
-from productos.runtime import Migrations, Runtime, create_service, load_settings, open_runtime
-from productos.settings import Settings
 from productos.version import __version__
+
+if TYPE_CHECKING:
+    from productos.domain import (
+        ConcurrentUpdateError,
+        ConfigurationError,
+        ConflictError,
+        DatabaseUnavailableError,
+        DomainValidationError,
+        HealthProbe,
+        NotFoundError,
+        ProductosError,
+        StaleVersionError,
+        UnitOfWork,
+        UnitOfWorkFactory,
+    )
+    from productos.runtime import Migrations, Runtime, create_service, load_settings, open_runtime
+    from productos.settings import Settings
 
 __all__ = [
     "ConcurrentUpdateError",
@@ -54,6 +56,29 @@ __all__ = [
     "open_runtime",
 ]
 
+#: Where each name of ``__all__`` lives. They load on first use: ``import productos.settings`` (as gunicorn's
+#: master does through ``productos.gunicorn_conf``) must not import the runtime, SQLAlchemy and FastAPI.
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "ConcurrentUpdateError",
+            "ConfigurationError",
+            "ConflictError",
+            "DatabaseUnavailableError",
+            "DomainValidationError",
+            "HealthProbe",
+            "NotFoundError",
+            "ProductosError",
+            "StaleVersionError",
+            "UnitOfWork",
+            "UnitOfWorkFactory",
+        ),
+        "productos.domain",
+    ),
+    **dict.fromkeys(("Migrations", "Runtime", "create_service", "load_settings", "open_runtime"), "productos.runtime"),
+    "Settings": "productos.settings",
+}
+
 #: Names of the products service that 0.1 exported from here; they still resolve, with a DeprecationWarning.
 _MOVED = {
     "create_app": ("productos.services.productos.app", "create_app"),
@@ -65,11 +90,21 @@ _MOVED = {
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+    import importlib.util
+
+    home = _EXPORTS.get(name)
+    if home is not None:
+        value = getattr(importlib.import_module(home), name)
+        globals()[name] = value
+        return value
     # The library imports nothing of the products service; these old names load it only when asked for.
     moved = _MOVED.get(name)
     if moved is None:
+        # ``import productos`` then ``productos.runtime.…``: the submodules it used to import as a side effect.
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'productos' has no attribute {name!r}")
-    import importlib
     import warnings
 
     module, attribute = moved

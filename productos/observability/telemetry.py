@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from productos.infra.aws.imds import metadata_disabled
 from productos.observability.logging import set_xray_trace_ids
 from productos.observability.metrics import Metrics, multiprocess_dir
 from productos.observability.tracing import OTLP_SETTING, XRAY_SETTING, Tracing, create_tracing, missing_extra
@@ -185,6 +184,8 @@ def ec2_attributes(sysfs: Path | None = None) -> dict[str, Any]:
     Args:
         sysfs: where sysfs is mounted (see ``on_ec2``).
     """
+    from productos.infra.aws.imds import metadata_disabled
+
     if metadata_disabled() or _sdk_runs_ec2_detector() or not on_ec2(sysfs):
         return {}
     try:

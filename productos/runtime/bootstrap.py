@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeGuard
 
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,18 +22,19 @@ from productos.domain.errors import ConfigurationError
 from productos.domain.ports import HealthProbe
 from productos.domain.settings_ports import DatabaseCredentialsProvider, SettingsSource
 from productos.infra.aws.clients import AwsClients
-from productos.infra.aws.rds_iam import RdsIamTokenProvider
-from productos.infra.aws.secretsmanager import SecretDatabaseCredentials, SecretsManagerSource, supplies_login
 from productos.infra.db.engine import create_engine
-from productos.infra.db.migrate import Migrations, upgrade_to_head
 from productos.infra.db.replica import ReadReplica
 from productos.infra.db.replica_lag import watch_replica
-from productos.infra.db.roles import RowRole
 from productos.infra.db.uow import SqlAlchemyHealthProbe
 from productos.infra.db.url import parse_database_url
-from productos.observability.publishing import open_metrics_publishing
 from productos.runtime.settings_loader import ResolvedSettings, open_settings
 from productos.settings import Settings
+
+# What only some settings use (a secret's or IAM's login, migrations at start, CloudWatch publishing) is imported
+# where those settings are read, so that a worker keeps in memory only the code its settings need.
+if TYPE_CHECKING:
+    from productos.infra.aws.secretsmanager import SecretDatabaseCredentials, SecretsManagerSource
+    from productos.infra.db.migrate import Migrations
 
 __all__ = ["Runtime", "open_engine", "open_migration_engine", "open_replica", "open_runtime"]
 
@@ -87,6 +89,9 @@ async def open_runtime(
             aws = await stack.enter_async_context(AwsClients.from_settings(resolved.settings))
         engine = await stack.enter_async_context(open_engine(resolved.settings, aws=aws, secret=resolved.secret))
         if resolved.settings.should_migrate_on_start and migrations:
+            from productos.infra.db.migrate import upgrade_to_head
+            from productos.infra.db.roles import RowRole
+
             owner_engine = open_migration_engine(
                 resolved.settings,
                 aws=aws,
@@ -107,8 +112,11 @@ async def open_runtime(
         replica = None
         if resolved.settings.database_read_url is not None:
             replica = await stack.enter_async_context(open_replica(resolved.settings, aws=aws, secret=resolved.secret))
-        # PRODUCTOS_METRICS_PUBLISHER: one worker per instance publishes; its final flush precedes disposal.
-        await stack.enter_async_context(open_metrics_publishing(resolved.settings, aws=aws))
+        if resolved.settings.metrics_publisher != "none":
+            from productos.observability.publishing import open_metrics_publishing
+
+            # PRODUCTOS_METRICS_PUBLISHER: one worker per instance publishes; its final flush precedes disposal.
+            await stack.enter_async_context(open_metrics_publishing(resolved.settings, aws=aws))
         yield Runtime(
             settings=resolved.settings,
             engine=engine,
@@ -145,7 +153,7 @@ async def open_engine(
         if aws is None and (settings.db_iam_auth or settings.secret_id) and not is_sqlite:
             aws = await stack.enter_async_context(AwsClients.from_settings(settings))
         credentials = None if is_sqlite else await _credentials(settings, raw, aws, secret)
-        if isinstance(credentials, SecretDatabaseCredentials):
+        if credentials is not None and _follows_secret(credentials):
             refresher = asyncio.create_task(credentials.source.keep_fresh(), name="productos-secret-refresh")
             stack.push_async_callback(_cancel, refresher)
         engine = create_engine(settings, credentials=credentials, url=url)
@@ -208,6 +216,8 @@ async def open_migration_engine(
             if aws is None:
                 aws = await stack.enter_async_context(AwsClients.from_settings(settings))
             if migrate_secret is None:
+                from productos.infra.aws.secretsmanager import SecretsManagerSource
+
                 migrate_secret = SecretsManagerSource(
                     await aws.client("secretsmanager"),
                     settings.migrate_secret_id,
@@ -230,6 +240,8 @@ async def _credentials(
     target = parse_database_url(raw_url)
     url = target.url
     if settings.db_iam_auth:
+        from productos.infra.aws.rds_iam import RdsIamTokenProvider
+
         if "ssl" not in target.connect_args:
             logger.warning("DB_IAM_AUTH=true without sslmode in DATABASE_URL: RDS accepts IAM logins over TLS only")
         return RdsIamTokenProvider(
@@ -241,6 +253,8 @@ async def _credentials(
         )
     if not settings.secret_id:
         return None
+    from productos.infra.aws.secretsmanager import SecretDatabaseCredentials, SecretsManagerSource, supplies_login
+
     if secret is None:
         secret = SecretsManagerSource(await aws.client("secretsmanager"), settings.secret_id, ttl=settings.secret_ttl)
     if not supplies_login(await secret.current(), user=url.username, password=url.password, url_key=secret.url_setting):
@@ -250,6 +264,12 @@ async def _credentials(
         )
         return None
     return SecretDatabaseCredentials(secret)
+
+
+def _follows_secret(credentials: DatabaseCredentialsProvider) -> TypeGuard[SecretDatabaseCredentials]:
+    from productos.infra.aws.secretsmanager import SecretDatabaseCredentials
+
+    return isinstance(credentials, SecretDatabaseCredentials)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dotenv import dotenv_values
 from pydantic import SecretStr, ValidationError
@@ -21,10 +21,11 @@ from pydantic import SecretStr, ValidationError
 from productos.domain.errors import ConfigurationError
 from productos.domain.settings_ports import DatabaseCredentials, SettingsSource, SettingValue
 from productos.infra.aws.clients import AwsClients
-from productos.infra.aws.secretsmanager import SecretsManagerSource
-from productos.infra.aws.ssm import SsmParameterSource
 from productos.infra.db.url import parse_database_url
 from productos.settings import AWS_BOOTSTRAP_FIELDS, Settings, env_names, fallback_env_names, settings_from_values
+
+if TYPE_CHECKING:
+    from productos.infra.aws.secretsmanager import SecretsManagerSource
 
 __all__ = [
     "Layer",
@@ -249,6 +250,10 @@ async def open_settings(
         migrate_secret: SecretsManagerSource | None = None
         jobs: list[tuple[Awaitable[Mapping[str, Any]], str, bool]] = []
         if boot.ssm_path or boot.secret_id or boot.migrate_secret_id:
+            # Imported only here: a worker whose settings name no AWS source keeps none of their code.
+            from productos.infra.aws.secretsmanager import SecretsManagerSource
+            from productos.infra.aws.ssm import SsmParameterSource
+
             if aws is None:
                 aws = await stack.enter_async_context(AwsClients.from_settings(boot))
             # Clients first: a client that cannot be created must not leave a read half-started.

@@ -4,11 +4,12 @@ transactions, and what happens to a connection after each kind of failure."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.domain.errors import ConcurrentUpdateError, ConflictError, DatabaseUnavailableError
@@ -260,3 +261,148 @@ async def test_sessions_carry_the_limits_and_a_lock_wait_ends_with_a_retryable_c
     finally:
         await holder.close()
     assert await _backend_pid(engine) == pid  # a refused lock leaves the connection sound: kept
+
+
+# --- the connection a unit gives back ---------------------------------------------------------------------------
+
+
+async def _server_state(engine: AsyncEngine, pid: int) -> str:
+    admin = await asyncpg.connect(engine.url.render_as_string(hide_password=False).replace("+asyncpg", ""))
+    try:
+        state: str = await admin.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
+    finally:
+        await admin.close()
+    return state
+
+
+async def _leave_failed_transaction(engine: AsyncEngine) -> None:
+    async with Unit(engine) as unit:
+        with pytest.raises(ConflictError):  # CHECK (precio > 0): the transaction is aborted, the connection sound
+            await unit.connection.fetchval(_INSERT, "b", 0)
+
+
+async def _commit(engine: AsyncEngine) -> None:
+    async with Unit(engine) as unit:
+        await unit.connection.fetchval(_INSERT, "a", 1)
+        await unit.commit()
+
+
+async def _leave_without_commit(engine: AsyncEngine) -> None:
+    async with Unit(engine) as unit:
+        await unit.connection.fetchval(_INSERT, "a", 1)
+
+
+async def _roll_back(engine: AsyncEngine) -> None:
+    async with Unit(engine) as unit:
+        await unit.connection.fetchval(_INSERT, "a", 1)
+        await unit.rollback()
+
+
+async def _autocommit(engine: AsyncEngine) -> None:
+    async with Unit(engine, autocommit=True) as unit:
+        await unit.connection.fetchval(_INSERT, "a", 1)
+
+
+async def _read(engine: AsyncEngine) -> None:
+    async with Unit(engine, read_only=True) as unit:
+        await unit.connection.fetchval("SELECT 1")
+
+
+@pytest.mark.parametrize(
+    "use", [_read, _autocommit, _commit, _roll_back, _leave_without_commit, _leave_failed_transaction]
+)
+async def test_a_connection_goes_back_to_the_pool_outside_any_transaction(
+    clean_postgres: str, use: Callable[[AsyncEngine], Awaitable[None]]
+) -> None:
+    """A driver unit's connection skips SQLAlchemy's reset-on-return rollback (DriverConnection.release): it goes
+    back only when neither the server nor SQLAlchemy's adapter has a transaction open on it, whatever the unit did;
+    a connection still in a transaction is invalidated instead (next test)."""
+    engine = create_engine(make_settings(clean_postgres, db_pool_size=1, db_max_overflow=0))
+    resets: list[bool] = []
+    event.listen(
+        engine.sync_engine.pool, "reset", lambda _dbapi, _record, state: resets.append(state.transaction_was_reset)
+    )
+    try:
+        pid = await _backend_pid(engine)
+        await use(engine)
+        assert resets and all(resets)  # no rollback on return was asked of SQLAlchemy
+        assert await _server_state(engine, pid) == "idle"  # not "idle in transaction"
+        pooled = await engine.raw_connection()
+        try:
+            assert pooled.dbapi_connection is not None
+            assert pooled.dbapi_connection.driver_connection.get_server_pid() == pid  # the same connection, kept
+            assert not pooled.dbapi_connection.driver_connection.is_in_transaction()
+            assert pooled.dbapi_connection._transaction is None  # SQLAlchemy's adapter began nothing either
+        finally:
+            pooled.close()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_left_inside_a_transaction_is_invalidated_not_reset(engine: AsyncEngine) -> None:
+    pid = await _backend_pid(engine)
+    async with Unit(engine, read_only=True) as unit:
+        await unit.connection.driver.execute("BEGIN")  # behind the unit's back, on asyncpg itself
+        await unit.connection.release()
+        unit._conn = None  # released already
+    assert await _backend_pid(engine) != pid
+
+
+# --- the checkout's deadline ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def one_connection(clean_postgres: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_settings(clean_postgres, db_pool_size=1, db_max_overflow=0, db_pool_timeout=30))
+    yield engine
+    await engine.dispose()
+
+
+async def test_a_checkout_past_its_deadline_is_unavailable_and_leaves_the_task_uncancelled(
+    one_connection: AsyncEngine,
+) -> None:
+    holder = await DriverConnection.checkout(one_connection)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(DatabaseUnavailableError) as raised:
+            await DriverConnection.checkout(one_connection, timeout=0.2)
+        assert 0.2 <= asyncio.get_running_loop().time() - started < 2
+        assert raised.value.reason == "TimeoutError"
+        assert isinstance(raised.value.__cause__, TimeoutError)
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        await asyncio.sleep(0)  # and no cancellation is left pending for the task's next await
+    finally:
+        await holder.release()
+    conn = await DriverConnection.checkout(one_connection, timeout=0.2)  # the waiter left the line
+    await conn.release()
+    assert one_connection.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_checkout_cancelled_from_outside_stays_cancelled(one_connection: AsyncEngine) -> None:
+    holder = await DriverConnection.checkout(one_connection)
+    try:
+        waiter = asyncio.ensure_future(DriverConnection.checkout(one_connection, timeout=5))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        # Cancelled from outside just as the deadline passes: the caller's cancellation wins, as with
+        # asyncio.timeout().
+        waiter = asyncio.ensure_future(DriverConnection.checkout(one_connection, timeout=0.1))
+        await asyncio.sleep(0.1)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    finally:
+        await holder.release()
+    assert one_connection.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_checkout_within_its_deadline_is_not_cancelled_later(one_connection: AsyncEngine) -> None:
+    conn = await DriverConnection.checkout(one_connection, timeout=0.05)
+    try:
+        await asyncio.sleep(0.15)  # the deadline's timer is gone with the checkout
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.release()

@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, use_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -221,3 +221,28 @@ async def test_queries_are_timed_by_operation_and_traced_under_the_request(
     )
     select_spans = sum((s.end_time or 0) - (s.start_time or 0) for s in spans[1:2]) / 1e9
     assert span_total - select_spans == pytest.approx(histogram_total, abs=1e-6)
+
+
+async def test_queries_under_a_sampled_out_request_make_no_span(clean_postgres: str) -> None:
+    engine = create_engine(make_settings(clean_postgres))
+    metrics = Metrics()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider, TraceContextTextMapPropagator())
+    async with engine.connect():
+        pass  # the dialect's own first queries: out of the counts
+    instrument_engine(engine, metrics=metrics, tracing=tracing)
+    service = ProductoService(PATHS[0][0](engine))
+    sampled_out = NonRecordingSpan(SpanContext(trace_id=1, span_id=2, is_remote=False))
+    try:
+        with use_span(sampled_out):
+            await service.list()
+        with tracing.tracer.start_as_current_span("GET /productos"):
+            await service.list()
+    finally:
+        await engine.dispose()
+    assert operations(metrics)["SELECT"] == 2  # both timed
+    assert [s.name for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT] == [
+        f"SELECT {make_url(clean_postgres).database}"
+    ]

@@ -256,6 +256,34 @@ async def test_utc_datetimes_both_ways_and_naive_ones_refused(engine: AsyncEngin
         assert await unit.connection.fetch_value(COUNT) == 1
 
 
+async def test_column_types_process_values_the_driver_leaves_as_they_are(engine: AsyncEngine) -> None:
+    """Off SQLite the types' processors are single functions (types.py): they still put UTC on a naive timestamp
+    column's values and refuse naive datetimes, and leave decimals and aware datetimes as they are."""
+    naive = "'2026-01-01 12:00'::timestamp" if engine.dialect.name == "postgresql" else "'2026-01-01 12:00:00.000000'"
+    query = text(f"SELECT {naive} AS at, NULL AS missing, 2 AS amount").columns(
+        at=UtcDateTime(), missing=UtcDateTime(), amount=Money()
+    )
+    async with Unit(engine, read_only=True) as unit:
+        row = await unit.connection.fetch_one(query)
+    assert row is not None
+    assert row.at == datetime(2026, 1, 1, 12, 0, tzinfo=UTC) and row.missing is None
+    dialect = engine.sync_engine.dialect
+    if dialect.name == "postgresql":
+        assert row.amount == 2
+        assert Money().dialect_impl(dialect).bind_processor(dialect) is None  # the Decimal as it is
+        bind = UtcDateTime().dialect_impl(dialect).bind_processor(dialect)
+        assert bind is not None
+        with pytest.raises(ValueError, match="naive datetime"):
+            bind(datetime(2026, 1, 1))
+        aware = datetime(2026, 1, 1, tzinfo=madrid_time)
+        assert bind(aware) is aware and bind(None) is None
+    else:
+        assert row.amount == Decimal("0.02")  # integer cents
+
+
+madrid_time = timezone(timedelta(hours=1))
+
+
 async def test_literal_values_in_statements_are_honoured(engine: AsyncEngine) -> None:
     await _add(engine, "uno", "dos", "tres")
     second = select(t.c.nombre).where(t.c.id == 2)

@@ -412,6 +412,9 @@ def test_batched_metrics_write_what_immediate_ones_do() -> None:
             metrics.operation("postgresql", "SELECT" if n % 3 else "INSERT", n / 10_000)
             pool.connections("used", -1)
             pool.connections("idle", 1)
+            pool.moved("idle", "used")  # a checkout and a checkin, as the pool's listeners report them
+            pool.moved("used", "idle")
+            pool.moved(None, "used" if n % 5 else None)  # opened for the caller, or not at all
             metrics.request_finished("GET", ROUTE, 200 if n % 4 else 404, n / 100)
         metrics.request_started()  # one still in flight
         pool.timed_out()

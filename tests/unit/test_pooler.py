@@ -11,14 +11,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from productos.domain.errors import DatabaseUnavailableError
 from productos.entrypoints.check import pooler_hint
+from productos.infra.db.driver import supports_driver_statements
 from productos.infra.db.engine import (
+    POOLER_OPTION,
     PooledTransactionsConnection,
     SessionLimits,
     _begins_transaction,
     _is_auth_failure,
     behind_pooler,
     create_engine,
+    engine_traits,
 )
+from productos.infra.db.statements import SqlUnitOfWork, statement_cache
+from productos.infra.db.uow import SqlAlchemyUnitOfWorkBase
 from productos.settings import Settings, settings_from_values
 from tests.conftest import make_settings
 
@@ -125,3 +130,27 @@ def test_pgbouncers_refused_password_is_an_authentication_failure() -> None:
     assert _is_auth_failure(refused)
     assert _is_auth_failure(asyncpg.InvalidPasswordError("password authentication failed for user"))
     assert not _is_auth_failure(asyncpg.ProtocolViolationError("unsupported startup parameter: statement_timeout"))
+
+
+async def test_an_engines_traits_are_worked_out_once_and_again_when_its_options_change() -> None:
+    engine = create_engine(make_settings("postgresql://db/app"))
+    sqlite = create_engine(make_settings("sqlite:///:memory:"))
+    try:
+        traits = engine_traits(engine)
+        assert engine_traits(engine) is traits  # cached
+        assert traits.asyncpg and not traits.behind_pooler and not traits.schema_translate
+        assert supports_driver_statements(engine) and not supports_driver_statements(sqlite)
+        assert statement_cache(engine) is statement_cache(engine) is traits.statement_cache
+        engine.sync_engine.update_execution_options(**{POOLER_OPTION: "transaction"})
+        assert behind_pooler(engine) and engine_traits(engine) is not traits
+        assert statement_cache(engine) is traits.statement_cache  # one cache per dialect, found again
+        engine.sync_engine.update_execution_options(schema_translate_map={None: "tenant"})
+        assert engine_traits(engine).schema_translate
+        # A unit of work then takes SQLAlchemy's path, which renders the map at execution.
+        unit = SqlUnitOfWork(engine, read_only=True)
+        assert isinstance(unit._inner(engine), SqlAlchemyUnitOfWorkBase)
+        # An engine made with other options has traits of its own.
+        assert not engine_traits(engine.execution_options(schema_translate_map=None)).schema_translate
+    finally:
+        await engine.dispose()
+        await sqlite.dispose()

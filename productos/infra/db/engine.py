@@ -83,7 +83,43 @@ def create_engine(
 def behind_pooler(engine: AsyncEngine) -> bool:
     """Whether ``engine``'s connections go through a transaction-mode pooler (``DB_POOLER=transaction``): its
     units of work then run every statement inside a transaction, read-only and autocommit ones included."""
-    return engine.get_execution_options().get(POOLER_OPTION) == "transaction"
+    return engine_traits(engine).behind_pooler
+
+
+class EngineTraits:
+    """What every unit of work asks of its engine, worked out once per engine (``engine_traits``) instead of
+    through ``AsyncEngine``'s proxies on each unit: a dozen Python calls per request."""
+
+    __slots__ = ("asyncpg", "behind_pooler", "options", "schema_translate", "statement_cache")
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        sync = engine.sync_engine
+        options = sync.get_execution_options()
+        #: The execution options these traits were read from: ``update_execution_options`` replaces them.
+        self.options = options
+        #: ``DB_POOLER=transaction``: see ``behind_pooler``.
+        self.behind_pooler: bool = options.get(POOLER_OPTION) == "transaction"
+        dialect = sync.dialect
+        #: PostgreSQL through asyncpg: see ``productos.infra.db.driver.supports_driver_statements``.
+        self.asyncpg: bool = dialect.name == "postgresql" and dialect.driver == "asyncpg"
+        #: A ``schema_translate_map``, which SQLAlchemy renders at execution (statements compiled once would not).
+        self.schema_translate: bool = bool(options.get("schema_translate_map"))
+        #: The statement cache of the engine's dialect, once ``productos.infra.db.statements`` has looked it up.
+        self.statement_cache: Any = None
+
+
+_TRAITS = "_productos_traits"
+
+
+def engine_traits(engine: AsyncEngine) -> EngineTraits:
+    """``engine``'s ``EngineTraits``, computed on first use and again whenever its execution options change."""
+    sync = engine.sync_engine
+    traits: EngineTraits | None = sync.__dict__.get(_TRAITS)
+    # Attribute reads only on a hit: SQLAlchemy replaces the options' mapping on every change, never mutates it.
+    if traits is None or traits.options is not sync._execution_options:
+        traits = EngineTraits(engine)
+        sync.__dict__[_TRAITS] = traits
+    return traits
 
 
 def transactional(engine: AsyncEngine) -> AsyncEngine:

@@ -45,6 +45,7 @@ import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
+from time import perf_counter_ns
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
@@ -61,7 +62,8 @@ from sqlalchemy.sql.expression import CacheKey
 from sqlalchemy.types import Float, Numeric, TypeDecorator, TypeEngine
 
 from productos.domain.errors import ConcurrentUpdateError, DatabaseUnavailableError, ProductosError
-from productos.infra.db.driver import DriverConnection, DriverUnitOfWorkBase, supports_driver_statements
+from productos.infra.db.driver import DriverConnection, DriverUnitOfWorkBase
+from productos.infra.db.engine import engine_traits
 from productos.infra.db.replica import ReadReplica, note_write
 from productos.infra.db.uow import SqlAlchemyUnitOfWorkBase, UnitOfWorkBase, error_sqlstate, translate_db_errors
 
@@ -562,10 +564,15 @@ _caches: weakref.WeakKeyDictionary[Dialect, StatementCache] = weakref.WeakKeyDic
 
 def statement_cache(engine: AsyncEngine) -> StatementCache:
     """The statement cache of ``engine``'s dialect (shared by the engines that share the dialect)."""
-    dialect = engine.dialect
-    cache = _caches.get(dialect)
+    traits = engine_traits(engine)
+    cache: StatementCache | None = traits.statement_cache
     if cache is None:
-        cache = _caches[dialect] = StatementCache(dialect)
+        dialect = engine.sync_engine.dialect
+        cache = _caches.get(dialect)
+        if cache is None:
+            cache = _caches[dialect] = StatementCache(dialect)
+        # Remembered with the engine's traits: a unit of work finds it without the weak dictionary's calls.
+        traits.statement_cache = cache
     return cache
 
 
@@ -582,6 +589,9 @@ class DriverSqlConnection:
         self.connection = connection
         self._cache = cache
 
+    # Each method runs its statement on the asyncpg connection itself, timed for the listeners as
+    # DriverConnection's own methods do (DriverConnection._failed for errors): two coroutines fewer per statement.
+
     async def fetch_one(self, statement: Executable, params: Params | None = None) -> SqlRow | None:
         params = _NO_PARAMS if params is None else params
         bound = self._cache._bound(statement, params)
@@ -589,7 +599,18 @@ class DriverSqlConnection:
         if not plan.returns_rows:
             raise _no_rows()
         sql, args = bound.render(params)
-        record = await self.connection.fetchrow(sql, *args)
+        connection = self.connection
+        started = perf_counter_ns()
+        try:
+            record = await connection.driver.fetchrow(sql, *args)
+        except BaseException as exc:
+            error = connection._failed(sql, started, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        elapsed = perf_counter_ns() - started
+        for listener in connection._listeners:
+            listener(sql, elapsed, None)
         return None if record is None else plan.row(record)
 
     async def fetch_all(self, statement: Executable, params: Params | None = None) -> Sequence[SqlRow]:
@@ -599,8 +620,20 @@ class DriverSqlConnection:
         if not plan.returns_rows:
             raise _no_rows()
         sql, args = bound.render(params)
+        connection = self.connection
+        started = perf_counter_ns()
+        try:
+            records = await connection.driver.fetch(sql, *args)
+        except BaseException as exc:
+            error = connection._failed(sql, started, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        elapsed = perf_counter_ns() - started
+        for listener in connection._listeners:
+            listener(sql, elapsed, None)
         row = plan.row
-        return [row(record) for record in await self.connection.fetch(sql, *args)]
+        return [row(record) for record in records]
 
     async def fetch_value(self, statement: Executable, params: Params | None = None) -> Any:
         params = _NO_PARAMS if params is None else params
@@ -609,14 +642,36 @@ class DriverSqlConnection:
         if not plan.returns_rows:
             raise _no_rows()
         sql, args = bound.render(params)
-        value = await self.connection.fetchval(sql, *args)
+        connection = self.connection
+        started = perf_counter_ns()
+        try:
+            value = await connection.driver.fetchval(sql, *args)
+        except BaseException as exc:
+            error = connection._failed(sql, started, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        elapsed = perf_counter_ns() - started
+        for listener in connection._listeners:
+            listener(sql, elapsed, None)
         process = plan.first_processor
         return value if process is None else process(value)
 
     async def execute(self, statement: Executable, params: Params | None = None) -> int:
         params = _NO_PARAMS if params is None else params
         sql, args = self._cache._bound(statement, params).render(params)
-        status = await self.connection.execute(sql, *args)
+        connection = self.connection
+        started = perf_counter_ns()
+        try:
+            status: str = await connection.driver.execute(sql, *args)
+        except BaseException as exc:
+            error = connection._failed(sql, started, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        elapsed = perf_counter_ns() - started
+        for listener in connection._listeners:
+            listener(sql, elapsed, None)
         # "INSERT 0 1", "UPDATE 3", "SELECT 2"; commands without a count ("CREATE TABLE") have none.
         count = status.rpartition(" ")[2]
         return int(count) if count.isdigit() else -1
@@ -700,9 +755,11 @@ class SqlUnitOfWork(UnitOfWorkBase[SqlConnection]):
         self._reads: _ReplicaReads | None = None
 
     def _inner(self, engine: AsyncEngine) -> _DriverUnit | _SqlAlchemyUnit:
+        traits = self._traits if engine is self._engine else engine_traits(engine)
         # SQLAlchemy renders a schema_translate_map at execution; the compiled statements here would not.
-        if supports_driver_statements(engine) and not engine.get_execution_options().get("schema_translate_map"):
-            return _DriverUnit(self, statement_cache(engine), engine, **self._options)
+        if traits.asyncpg and not traits.schema_translate:
+            cache = traits.statement_cache
+            return _DriverUnit(self, statement_cache(engine) if cache is None else cache, engine, **self._options)
         return _SqlAlchemyUnit(self, engine, **self._options)
 
     async def __aenter__(self) -> Self:

@@ -1,7 +1,13 @@
-"""Column types that mean the same on every backend: UTC datetimes and exact money."""
+"""Column types that mean the same on every backend: UTC datetimes and exact money.
+
+Off SQLite, each type's processors are single functions (or none at all), not ``TypeDecorator``'s wrapper around
+``process_bind_param``/``process_result_value``: one Python call per value fewer, on every row of every result.
+They still compose with the implementation type's own processors, as ``TypeDecorator``'s do.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -11,6 +17,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 __all__ = ["Money", "UtcDateTime"]
+
+_Processor = Callable[[Any], Any]
 
 
 class Money(TypeDecorator[Decimal]):
@@ -36,6 +44,18 @@ class Money(TypeDecorator[Decimal]):
             return Decimal(value).scaleb(-2)
         return value  # type: ignore[no-any-return]
 
+    # Off SQLite the value is the Decimal as it is both ways: only the implementation's processing remains.
+
+    def bind_processor(self, dialect: Dialect) -> _Processor | None:
+        if dialect.name == "sqlite":
+            return super().bind_processor(dialect)
+        return self.impl_instance.bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> _Processor | None:
+        if dialect.name == "sqlite":
+            return super().result_processor(dialect, coltype)
+        return self.impl_instance.result_processor(dialect, coltype)
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite keeps them naive, so UTC is put back)."""
@@ -44,13 +64,32 @@ class UtcDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime: productos stores UTC-aware datetimes only")
+        value = _aware(value)
         if value is not None and dialect.name == "sqlite":
             return value.astimezone(UTC).replace(tzinfo=None)
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
-        return value  # type: ignore[no-any-return]
+        return _as_utc(value)
+
+    def bind_processor(self, dialect: Dialect) -> _Processor | None:
+        if dialect.name == "sqlite" or self.impl_instance.bind_processor(dialect) is not None:
+            return super().bind_processor(dialect)
+        return _aware
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> _Processor | None:
+        if self.impl_instance.result_processor(dialect, coltype) is not None:
+            return super().result_processor(dialect, coltype)
+        return _as_utc
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("naive datetime: productos stores UTC-aware datetimes only")
+    return value
+
+
+def _as_utc(value: Any) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+    return value  # type: ignore[no-any-return]

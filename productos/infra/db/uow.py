@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from productos.domain.errors import ConcurrentUpdateError, ConflictError, DatabaseUnavailableError
-from productos.infra.db.engine import TRANSACTIONAL_ISOLATION, behind_pooler
+from productos.infra.db.engine import TRANSACTIONAL_ISOLATION, engine_traits
 from productos.infra.db.replica import ReadReplica, note_write
 
 _UNAVAILABLE = "database unavailable"
@@ -150,7 +150,10 @@ class UnitOfWorkBase(Generic[ConnectionT]):
         #: where the session limits exist only inside one (``SET LOCAL``) and each statement of a unit would
         #: otherwise be free to reach another server connection. Such a unit, read-only or autocommit, commits
         #: at its end whatever happened: what it ran stays, as it would have in autocommit.
-        self._begins = self._transactional or behind_pooler(engine)
+        traits = engine_traits(engine)
+        self._begins = self._transactional or traits.behind_pooler
+        #: ``engine``'s traits, looked up once per unit.
+        self._traits = traits
         self._acquire_timeout = acquire_timeout
         self._conn: ConnectionT | None = None
 
