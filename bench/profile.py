@@ -37,11 +37,11 @@ from bench.run import _env_pair, preflight
 LAYERS: dict[str, str] = {
     "uvicorn HTTP protocol (parse, write)": r"uvicorn/protocols/http/|productos/entrypoints/protocol\.py",
     "  header limits (productos protocol)": r"productos/entrypoints/protocol\.py",
-    "UnhandledErrorMiddleware (productos)": r"productos/http/errors\.py",
+    "unhandled errors (productos answer_unhandled)": r"productos/http/errors\.py",
     "RequestContextMiddleware (productos)": r"productos/observability/middleware\.py",
     "  access log (logging + formatter)": r"\((?:logging/__init__|productos/observability/logging)\.py",
     "  metrics (prometheus, OTel)": r"productos/observability/metrics\.py|prometheus_client/|opentelemetry/sdk/metrics",
-    "edge middleware (body limit, concurrency limit, drain)": r"productos/http/(?:middleware|limits|drain)\.py",
+    "EdgeMiddleware (proxies, concurrency bound, body limit), drain": r"productos/http/(?:middleware|limits|drain)\.py",
     "starlette routing / exception middleware": (r"starlette/(?:routing|middleware/exceptions|_exception_handler)\.py"),
     "FastAPI request handling (params, deps, validation)": r"fastapi/(?:routing|dependencies/utils)\.py",
     "route functions (services/productos/routes)": r"productos/services/productos/routes\.py",

@@ -75,7 +75,8 @@ control_socket_disable = True
 # The client's address and scheme (client.address, url.scheme in the access line, spans and metrics): uvicorn's
 # proxy-headers handling takes them from X-Forwarded-For and X-Forwarded-Proto only when the peer is one of
 # these proxies (PRODUCTOS_TRUSTED_PROXIES: addresses, CIDR networks or "*"; none by default). create_service
-# applies the same list in the app (productos.http.middleware.TrustedProxyHeadersMiddleware) for other servers.
+# applies the same list in the app (productos.http.middleware.EdgeMiddleware), so that it holds under any server;
+# productos' worker then leaves uvicorn's copy off when this list is the app's (server_applies_proxy_headers).
 forwarded_allow_ips = "*" if "*" in parse_proxies(_settings.trusted_proxies) else _settings.trusted_proxies
 
 

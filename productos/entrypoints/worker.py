@@ -40,6 +40,7 @@ from uvicorn_worker import UvicornWorker
 
 from productos.entrypoints.protocol import HttpLimits, ProductosHttpToolsProtocol
 from productos.http.drain import Drain, Phase
+from productos.http.middleware import applies_trusted_proxies, trusted_hosts
 from productos.settings import Settings
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "DrainingServer",
     "InstanceShutdown",
     "ProductosUvicornWorker",
+    "server_applies_proxy_headers",
     "serving_settings",
     "watch_instance_shutdown",
 ]
@@ -60,6 +62,22 @@ def serving_settings() -> Settings:
     """The settings gunicorn's master serves with: environment and ``.env`` only, read once (the master binds
     and forks before any worker could read SSM or Secrets Manager)."""
     return Settings()
+
+
+def server_applies_proxy_headers(app: object, forwarded_allow_ips: str | list[str]) -> bool:
+    """Whether uvicorn's own proxy-headers handling should wrap ``app`` in this worker.
+
+    Not when the app applies ``PRODUCTOS_TRUSTED_PROXIES`` itself (a ``create_service`` app) and gunicorn's
+    ``forwarded_allow_ips`` is that same list, as the tuned configuration sets it: the server would do the same
+    work again on every request. Any other list (gunicorn's default, one given on its command line) or any other
+    app keeps uvicorn's handling, as under the plain ``UvicornWorker``.
+    """
+    if not applies_trusted_proxies(app):
+        return True
+    try:
+        return trusted_hosts(forwarded_allow_ips) != trusted_hosts(serving_settings().trusted_proxies)
+    except ValueError:  # an entry that is no address or network (a host's name): uvicorn's to interpret
+        return True
 
 
 class InstanceShutdown:
@@ -174,6 +192,8 @@ class ProductosUvicornWorker(UvicornWorker):  # type: ignore[misc]
       lifespan's shutdown (disposing the pool) still runs before the master sends SIGKILL.
     - Requests are parsed by :class:`ProductosHttpToolsProtocol` with ``PRODUCTOS_MAX_HEADER_SIZE``,
       ``PRODUCTOS_MAX_HEADER_COUNT`` and ``PRODUCTOS_HEADER_TIMEOUT``.
+    - The client's address and scheme behind trusted proxies are the app's to set when it applies
+      ``PRODUCTOS_TRUSTED_PROXIES`` itself (:func:`server_applies_proxy_headers`).
     """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "auto", "lifespan": "on"}
@@ -192,6 +212,7 @@ class ProductosUvicornWorker(UvicornWorker):  # type: ignore[misc]
     async def _serve(self) -> None:
         # UvicornWorker._serve, with the draining server.
         self.config.app = self.wsgi
+        self.config.proxy_headers = server_applies_proxy_headers(self.wsgi, self.cfg.forwarded_allow_ips)
         server = DrainingServer(self.config, self.drain, self.drain_seconds)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)

@@ -207,7 +207,8 @@ class UnhandledErrorMiddleware:
     once with its request and trace ids, records it on the request's span, and answers the 500 like any other
     response: with ``X-Request-ID``, counted by route, on a connection that stays open. An error after the
     response has begun is logged the same way; the server then closes the connection, as the response cannot
-    be completed.
+    be completed. ``create_service`` does the same in its one edge layer (``productos.http.middleware.EdgeMiddleware``,
+    through :func:`answer_unhandled`).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -228,21 +229,27 @@ class UnhandledErrorMiddleware:
         try:
             await self.app(scope, receive, send_noting_start)
         except Exception as exc:
-            scope[ERROR_TYPE_KEY] = type(exc).__qualname__  # the request's error.type (metric, span, access line)
-            _log_unhandled(exc)
-            if started:
-                return
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(_INTERNAL_ERROR)).encode("latin-1")),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+            await answer_unhandled(scope, send, exc, started=started)
+
+
+async def answer_unhandled(scope: Scope, send: Send, exc: Exception, *, started: bool) -> None:
+    """What ``UnhandledErrorMiddleware`` (and ``create_service``'s edge) does with an exception no handler took:
+    name it as the request's ``error.type``, log it, and answer the 500 unless the response had ``started``."""
+    scope[ERROR_TYPE_KEY] = type(exc).__qualname__  # the request's error.type (metric, span, access line)
+    _log_unhandled(exc)
+    if started:
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(_INTERNAL_ERROR)).encode("latin-1")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -17,8 +17,9 @@ __all__ = ["ReadYourWritesMiddleware"]
 
 
 class ReadYourWritesMiddleware:
-    """Opens a read-your-writes scope around each HTTP request (``create_service`` installs it), when the service
-    reads from a replica: the lifespan state says so under ``STATE_KEY`` (no scope is needed without one)."""
+    """Opens a read-your-writes scope around each HTTP request when the service reads from a replica: the lifespan
+    state says so under ``STATE_KEY`` (no scope is needed without one). ``create_service`` does the same in its
+    one edge layer (``productos.http.middleware.EdgeMiddleware``)."""
 
     #: Key, in the lifespan state, of whether the service has a read replica.
     STATE_KEY = "read_replica"

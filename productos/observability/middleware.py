@@ -10,8 +10,9 @@ conventions: ``http.request.method``, ``http.route``, ``url.path``, ``url.scheme
 ``http.response.status_code``, ``client.address`` and, for a failed request only, ``error.type``: the class
 name of the exception that escaped the route (see ``ERROR_TYPE_KEY``), else the status code of a 5xx
 (``"503"``). The access line adds ``duration_ms``, the same measurement in milliseconds. The client's address
-and the scheme are the ASGI scope's: behind trusted proxies, uvicorn's proxy-headers handling has already put
-the ones of ``X-Forwarded-For`` and ``X-Forwarded-Proto`` there (``PRODUCTOS_TRUSTED_PROXIES``).
+and the scheme are the ASGI scope's, read when the request is done: behind trusted proxies
+(``PRODUCTOS_TRUSTED_PROXIES``), ``EdgeMiddleware`` just inside this one (or uvicorn's proxy-headers handling, in
+front of the app) has put the ones of ``X-Forwarded-For`` and ``X-Forwarded-Proto`` there by then.
 """
 
 from __future__ import annotations

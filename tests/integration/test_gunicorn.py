@@ -137,7 +137,15 @@ def test_each_worker_freezes_its_startup_objects_unless_told_not_to(
 ) -> None:
     with Gunicorn(workdir, {"DATABASE_URL": database_url, "PRODUCTOS_GC_FREEZE": freeze}) as server:
         assert httpx.get(f"{server.base_url}/productos", timeout=10).status_code == 200
-        lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+        # The server is up once one worker answers; the other may still be starting on a busy machine.
+        deadline = time.monotonic() + 30
+        while True:
+            lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+            awaited = "froze " if freeze == "true" else "started"
+            seen = {line["pid"] for line in lines if line["message"].startswith(awaited)}
+            if len(seen) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     frozen = [line for line in lines if line["message"].startswith("froze ")]
     if freeze == "false":
         assert frozen == []

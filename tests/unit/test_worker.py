@@ -14,12 +14,14 @@ import pytest
 from gunicorn.config import Config as GunicornConfig
 from uvicorn.config import Config
 
+from productos import Settings, create_service
 from productos.entrypoints.protocol import HttpLimits, ProductosHttpToolsProtocol
 from productos.entrypoints.worker import (
     SHUTDOWN_MARGIN,
     DrainingServer,
     InstanceShutdown,
     ProductosUvicornWorker,
+    server_applies_proxy_headers,
     serving_settings,
     watch_instance_shutdown,
 )
@@ -135,3 +137,27 @@ def test_the_flag_is_one_byte_of_shared_memory() -> None:
     assert not flag.is_set()
     flag.set()
     assert flag.is_set()
+
+
+def service_app() -> Any:
+    return create_service(title="t", settings=Settings(database_url="sqlite+aiosqlite:///:memory:"))
+
+
+@pytest.mark.parametrize(
+    ("forwarded_allow_ips", "setting", "server_applies"),
+    [
+        (["10.0.0.0/16"], "10.0.0.7/16", False),  # the tuned configuration's list: the app applies it alone
+        ([], "", False),
+        (["*"], "10.0.0.0/16,*", False),
+        (["127.0.0.1", "::1"], "", True),  # gunicorn's default, without the tuned configuration: not the app's
+        (["proxy.internal"], "", True),  # a host's name: uvicorn's to interpret
+    ],
+)
+def test_the_server_leaves_proxy_headers_to_a_service_that_applies_the_same_proxies(
+    settings_env: pytest.MonkeyPatch, forwarded_allow_ips: list[str], setting: str, server_applies: bool
+) -> None:
+    """Under the tuned configuration uvicorn's proxy-headers handling and the app's would do the same work twice
+    on every request; the app's (PRODUCTOS_TRUSTED_PROXIES, applied under any server) is kept."""
+    settings_env.setenv("PRODUCTOS_TRUSTED_PROXIES", setting)
+    assert server_applies_proxy_headers(service_app(), forwarded_allow_ips) is server_applies
+    assert server_applies_proxy_headers(app, forwarded_allow_ips) is True  # an app of its own: the server does it
