@@ -79,7 +79,7 @@ def _one_responses(status: int, description: str, *errors: int) -> dict[int | st
 
 def _one(producto: Producto, status_code: int = 200) -> Response:
     return Response(
-        dump_json(producto_dict(producto)),
+        dump_json(producto_dict(producto), floats_finite=True),
         status_code=status_code,
         media_type="application/json",
         headers={"ETag": f'"{producto.version}"'},
@@ -117,7 +117,7 @@ async def list_productos(
 ) -> Response:
     """List products in id order; a `Link: rel="next"` header points to the next page."""
     page = await _service(request).list(after=after, limit=limit)
-    body = dump_json([producto_dict(p) for p in page.items])
+    body = dump_json([producto_dict(p) for p in page.items], floats_finite=True)
     return Response(body, media_type="application/json", headers=next_link(request, page.next_after, limit))
 
 

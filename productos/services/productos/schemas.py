@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from math import isfinite
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
@@ -117,14 +118,20 @@ class ProductoOut(BaseModel):
 
 
 def producto_dict(producto: Producto) -> dict[str, Any]:
+    """``ProductoOut``'s fields for ``dump_json(..., floats_finite=True)``: ``precio`` checked finite (a NaN
+    stored behind the API's back is refused, not written as ``null``), the timestamps left for the encoder to
+    write in ISO 8601 as ``isoformat()`` does."""
+    # NUMERIC(10, 2) has at most 10 significant digits, so the shortest float repr is the exact decimal.
+    precio = float(producto.precio)
+    if not isfinite(precio):
+        raise ValueError(f"producto {producto.id}: precio {producto.precio} is not a finite number")
     return {
         "id": producto.id,
         "nombre": producto.nombre,
         "descripcion": producto.descripcion,
-        # NUMERIC(10, 2) has at most 10 significant digits, so the shortest float repr is the exact decimal.
-        "precio": float(producto.precio),
+        "precio": precio,
         "stock": producto.stock,
-        "created_at": producto.created_at.isoformat(),
-        "updated_at": producto.updated_at.isoformat(),
+        "created_at": producto.created_at,
+        "updated_at": producto.updated_at,
         "version": producto.version,
     }
