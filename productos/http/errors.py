@@ -218,18 +218,26 @@ class UnhandledErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def send_noting_start(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        noting = SendNotingStart(send)
         try:
-            await self.app(scope, receive, send_noting_start)
+            await self.app(scope, receive, noting)
         except Exception as exc:
-            await answer_unhandled(scope, send, exc, started=started)
+            await answer_unhandled(scope, send, exc, started=noting.started)
+
+
+class SendNotingStart:
+    """``send``, noting whether the response has started: once it has, an error can no longer be answered."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
 
 
 async def answer_unhandled(scope: Scope, send: Send, exc: Exception, *, started: bool) -> None:

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from productos.http.errors import answer_unhandled
+from productos.http.errors import SendNotingStart, answer_unhandled
 from productos.http.json import dump_json
 from productos.http.limits import HEALTH_PATHS, ConcurrencyBound, send_busy
 from productos.infra.db.replica import read_your_writes
@@ -267,14 +267,7 @@ class EdgeMiddleware:
             config = self.defaults
         if config.trusted_proxies:
             await apply_trusted_proxies(scope, config.trusted_proxies)
-        started = False
-
-        async def send_noting_start(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        send_noting_start = SendNotingStart(send)
         bound = config.max_concurrent_requests if scope["path"] not in self.exempt_paths else 0
         try:
             if bound and not self.concurrency.admit(bound):
@@ -295,4 +288,4 @@ class EdgeMiddleware:
                 if bound:
                     self.concurrency.active -= 1
         except Exception as exc:
-            await answer_unhandled(scope, send, exc, started=started)
+            await answer_unhandled(scope, send, exc, started=send_noting_start.started)

@@ -43,11 +43,11 @@ import contextlib
 import sys
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from time import perf_counter_ns
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import InvalidRequestError, ResourceClosedError, StatementError
@@ -854,6 +854,9 @@ _QUERY_CANCELED = "57014"
 _READ_ONLY_TRANSACTION = "25006"
 
 
+T = TypeVar("T")
+
+
 class _ReplicaReads:
     """``SqlConnection`` of a read-only unit on the replica: a statement that the replica fails to answer runs
     again on the primary (``SqlUnitOfWork._fail_over``), as does everything after it."""
@@ -869,37 +872,26 @@ class _ReplicaReads:
         assert self.current is not None, "statement outside 'async with'"
         return self.current
 
-    async def fetch_one(self, statement: Executable, params: Params | None = None) -> SqlRow | None:
+    async def _on_replica_or_primary(self, method: Callable[[SqlConnection], Awaitable[T]]) -> T:
+        """``method`` on the replica's connection; once more on the primary's if the replica failed it."""
         try:
-            return await self._connection().fetch_one(statement, params)
+            return await method(self._connection())
         except _REPLICA_FAILURES as exc:
             if not await self.unit._fail_over(exc):
                 raise
-        return await self._connection().fetch_one(statement, params)
+        return await method(self._connection())
+
+    async def fetch_one(self, statement: Executable, params: Params | None = None) -> SqlRow | None:
+        return await self._on_replica_or_primary(lambda connection: connection.fetch_one(statement, params))
 
     async def fetch_all(self, statement: Executable, params: Params | None = None) -> Sequence[SqlRow]:
-        try:
-            return await self._connection().fetch_all(statement, params)
-        except _REPLICA_FAILURES as exc:
-            if not await self.unit._fail_over(exc):
-                raise
-        return await self._connection().fetch_all(statement, params)
+        return await self._on_replica_or_primary(lambda connection: connection.fetch_all(statement, params))
 
     async def fetch_value(self, statement: Executable, params: Params | None = None) -> Any:
-        try:
-            return await self._connection().fetch_value(statement, params)
-        except _REPLICA_FAILURES as exc:
-            if not await self.unit._fail_over(exc):
-                raise
-        return await self._connection().fetch_value(statement, params)
+        return await self._on_replica_or_primary(lambda connection: connection.fetch_value(statement, params))
 
     async def execute(self, statement: Executable, params: Params | None = None) -> int:
-        try:
-            return await self._connection().execute(statement, params)
-        except _REPLICA_FAILURES as exc:
-            if not await self.unit._fail_over(exc):
-                raise
-        return await self._connection().execute(statement, params)
+        return await self._on_replica_or_primary(lambda connection: connection.execute(statement, params))
 
 
 #: What a replica may fail a read with, and the primary may not: it is unreachable or going away
