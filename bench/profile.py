@@ -60,7 +60,12 @@ LAYERS: dict[str, str] = {
     "  SQLAlchemy compile/cache key": (
         r"sqlalchemy/sql/(?:compiler|cache_key|elements|selectable|coercions|base|traversals|dml)\.py"
     ),
-    "  greenlet bridge (await_only, greenlet_spawn)": r"sqlalchemy/util/_concurrency_py3k\.py|greenlet",
+    # The caller's side (greenlet_spawn, productos' run_in_greenlet) and await_ inside. Frames that run inside the
+    # greenlet hang from its first function (the pool's connect, or run_in_greenlet's _Worker._serve), not from
+    # the request's layers above: py-spy sees a greenlet's own frames only.
+    "  greenlet bridge (greenlet_spawn or run_in_greenlet, await_)": (
+        r"sqlalchemy/util/(?:_concurrency_py3k|concurrency)\.py|run_in_greenlet \("
+    ),
     "pydantic (validation, serialisation)": r"pydantic",
     "OpenTelemetry (spans, context)": r"opentelemetry/",
     "all SQLAlchemy frames": r"sqlalchemy/",
