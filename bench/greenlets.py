@@ -23,7 +23,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import uvloop
-from sqlalchemy.util import await_only, greenlet_spawn
+from sqlalchemy.util import greenlet_spawn
+
+try:
+    from sqlalchemy.util import await_ as await_only
+except ImportError:  # SQLAlchemy 2.0 names it await_only
+    from sqlalchemy.util import await_only
 
 from productos.infra.db.engine import create_engine
 from productos.infra.db.greenlets import run_in_greenlet

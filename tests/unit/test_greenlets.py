@@ -9,7 +9,11 @@ import contextvars
 
 import pytest
 from greenlet import getcurrent
-from sqlalchemy.util import await_only
+
+try:
+    from sqlalchemy.util import await_ as await_only
+except ImportError:  # SQLAlchemy 2.0 names it await_only
+    from sqlalchemy.util import await_only
 
 from productos.infra.db import greenlets
 from productos.infra.db.greenlets import run_in_greenlet
@@ -17,7 +21,7 @@ from productos.infra.db.greenlets import run_in_greenlet
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
 
 
-def idle() -> list[object]:
+def idle() -> list[greenlets._Worker]:
     return list(greenlets._idle.workers)
 
 
@@ -26,10 +30,10 @@ async def test_returns_what_the_function_returns_and_awaits_inside_it() -> None:
         await asyncio.sleep(0)
         return 2 * n
 
-    def work(a: int, b: int) -> tuple[int, int, bool]:
-        return await_only(double(a)), await_only(double(b)), getcurrent().__sqlalchemy_greenlet_provider__
+    def work(a: int, b: int) -> tuple[int, int, str]:
+        return await_only(double(a)), await_only(double(b)), type(getcurrent()).__name__
 
-    assert await run_in_greenlet(work, 3, 4) == (6, 8, True)
+    assert await run_in_greenlet(work, 3, 4) == (6, 8, "_Worker")
 
 
 async def test_a_greenlet_is_reused_and_keeps_no_context_while_idle() -> None:
