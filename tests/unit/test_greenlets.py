@@ -8,7 +8,7 @@ import asyncio
 import contextvars
 
 import pytest
-from greenlet import getcurrent
+from greenlet import GreenletExit, getcurrent
 
 try:
     from sqlalchemy.util import await_ as await_only
@@ -142,3 +142,26 @@ async def test_falls_back_to_greenlet_spawn_when_await_would_not_accept_the_gree
 
 def test_the_probe_accepts_sqlalchemys_await() -> None:
     assert greenlets._probe() is True
+
+
+async def test_a_greenlet_let_go_while_its_function_waits_ends() -> None:
+    """As greenlet_spawn's: collected while suspended inside ``fn`` (its task gone), GreenletExit ends it."""
+    seen: list[object] = []
+
+    def work() -> None:
+        seen.append(getcurrent())
+        try:
+            await_only(asyncio.Event().wait())
+        finally:
+            seen.append("finally")
+
+    coroutine = run_in_greenlet(work)
+    awaitable = coroutine.send(None)  # suspended in await_
+    worker = seen[0]
+    assert isinstance(worker, greenlets._Worker)
+    worker.throw(GreenletExit)  # what collecting it does
+    assert worker.dead
+    assert seen[1:] == ["finally"]
+    assert worker not in idle()
+    del awaitable
+    coroutine.close()
