@@ -99,10 +99,8 @@ def _probe() -> bool:
     probe = _Probe()
     worker = _Worker()
     worker.parent = getcurrent()
-    try:
-        handed = worker.switch(lambda: await_(probe))
-    except Exception:
-        return False
+    # _serve catches what fn raises (MissingGreenlet, if await_ refuses the worker) and hands it back as a _Done.
+    handed = worker.switch(lambda: await_(probe))
     if handed is probe:
         worker.throw(GreenletExit)  # ends the worker where it waits in await_
         return True
